@@ -1,0 +1,31 @@
+"""fastgauss: compiled Gaussian kernels for diffusion models and Gaussian sampling.
+
+Every op is one function here with a ``backend=`` argument: "numpy" (the reference,
+also as ``fastgauss.reference``), "cpu" (Numba, parallel) or "cuda" (Numba CUDA).
+Importing fastgauss compiles nothing and imports neither numba nor numba.cuda:
+backends load on their first call.
+"""
+
+from fastgauss._dispatch import backends, get_backend, set_backend, use_backend
+from fastgauss.diffusion import q_sample
+from fastgauss.schedules import NoiseSchedule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "NoiseSchedule",
+    "backends",
+    "get_backend",
+    "q_sample",
+    "set_backend",
+    "use_backend",
+]
+
+
+def __getattr__(name):
+    # `fastgauss.reference` loads on first access, like the other backends.
+    if name == "reference":
+        import importlib
+
+        return importlib.import_module("fastgauss.reference")
+    raise AttributeError(f"module 'fastgauss' has no attribute {name!r}")

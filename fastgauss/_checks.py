@@ -1,0 +1,203 @@
+"""Argument validation and normalization shared by every public op.
+
+Public functions call these once, before any backend runs and before anything is
+written; kernels then assume valid, normalized inputs. Host and CUDA arrays are
+handled alike through duck typing, so nothing here imports numba.
+"""
+
+import numbers
+
+import numpy as np
+
+from fastgauss._dispatch import is_device_array
+
+COMPUTE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _is_simulator_array(x):
+    return not isinstance(x, np.ndarray) and not hasattr(x, "__cuda_array_interface__")
+
+
+def data_array(name, x, on_device):
+    """Host data becomes an ndarray; device arrays pass through untouched."""
+    if on_device:
+        return x
+    if isinstance(x, np.ndarray):
+        return x
+    try:
+        return np.asarray(x)
+    except Exception as exc:
+        raise TypeError(f"{name} must be array-like; got {type(x).__name__}") from exc
+
+
+def shape_dtype(x):
+    """(shape, dtype) of a host ndarray or any CUDA array, without touching its data."""
+    if isinstance(x, np.ndarray):
+        return x.shape, x.dtype
+    cai = getattr(x, "__cuda_array_interface__", None)
+    if cai is not None:
+        return tuple(cai["shape"]), np.dtype(cai["typestr"])
+    return tuple(x.shape), np.dtype(x.dtype)  # Numba CUDA-simulator array
+
+
+def result_dtype(**dtypes):
+    """NumPy's result_type of the array arguments; integer/bool data becomes float64.
+
+    Only float32 and float64 are computed natively; anything else is a TypeError.
+    """
+    for name, value in dtypes.items():
+        value = np.dtype(value)
+        if value.kind not in "biu" and value not in COMPUTE_DTYPES:
+            raise TypeError(f"unsupported dtype {value} for {name}; fastgauss computes in float32 or float64")
+    try:
+        dtype = np.result_type(*dtypes.values())
+    except TypeError as exc:
+        raise TypeError(f"no common dtype for {_describe(dtypes)}") from exc
+    if dtype.kind in "biu":
+        return np.dtype(np.float64)
+    if dtype not in COMPUTE_DTYPES:
+        raise TypeError(f"unsupported dtype {dtype} (from {_describe(dtypes)}); fastgauss computes in float32 or float64")
+    return dtype
+
+
+def _describe(dtypes):
+    return ", ".join(f"{k} {np.dtype(v)}" for k, v in dtypes.items())
+
+
+def same_shape(name, shape, ref_name, ref_shape):
+    if tuple(shape) != tuple(ref_shape):
+        raise ValueError(f"{name} must have the shape of {ref_name} {tuple(ref_shape)}; got {tuple(shape)}")
+
+
+def schedule(value, name="schedule"):
+    from fastgauss.schedules import NoiseSchedule
+
+    if not isinstance(value, NoiseSchedule):
+        raise TypeError(f"{name} must be a fastgauss.NoiseSchedule; got {type(value).__name__}")
+    return value
+
+
+def timesteps(t, num_timesteps, data_shape, name="t"):
+    """Validate timesteps against a schedule of ``num_timesteps`` and data of ``data_shape``.
+
+    Returns a Python int for a scalar (or 0-d) t, else a host int64 array of shape
+    (B,) with B = data_shape[0]. Device t is copied to the host (B integers) to be
+    checked. Non-integer t is a TypeError; a wrong shape or a value outside
+    [0, num_timesteps) is a ValueError.
+    """
+    if isinstance(t, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer or an integer array; got bool {t!r}")
+    if isinstance(t, (numbers.Integral, np.integer)):
+        return _timestep_scalar(int(t), num_timesteps, name)
+    if isinstance(t, (numbers.Number, np.generic)):
+        raise TypeError(f"{name} must be an integer or an integer array; got {type(t).__name__} {t!r}")
+    if is_device_array(t):
+        from fastgauss.cuda import to_host
+
+        host = to_host(t)
+    else:
+        host = np.asarray(t)
+    if host.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer or an integer array; got an array of dtype {host.dtype}")
+    if host.ndim == 0:
+        return _timestep_scalar(int(host), num_timesteps, name)
+    if host.ndim != 1 or len(data_shape) == 0 or host.shape[0] != data_shape[0]:
+        batch = f"(B,) = ({data_shape[0]},)" if len(data_shape) else "(B,) with B = x.shape[0], which needs x.ndim >= 1"
+        raise ValueError(f"{name} must be a scalar or have shape {batch}; got shape {host.shape}")
+    bad = np.flatnonzero((host < 0) | (host >= num_timesteps))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"{name} must be in [0, {num_timesteps}); {name}[{i}] = {host[i]}")
+    return host.astype(np.int64)
+
+
+def _timestep_scalar(value, num_timesteps, name):
+    if not 0 <= value < num_timesteps:
+        raise ValueError(f"{name} must be in [0, {num_timesteps}); got {value}")
+    return value
+
+
+def output(out, shape, dtype, like, inputs, name="out"):
+    """Validate ``out`` (or allocate it when None) for a result of ``shape`` and ``dtype``.
+
+    ``out`` may be exactly one of ``inputs`` (same memory, shape and strides: an
+    in-place update); any other overlap with an input is a ValueError, as are a
+    wrong shape or dtype and a read-only array.
+    """
+    if out is None:
+        if is_device_array(like):
+            from fastgauss.cuda import empty_like_library
+
+            return empty_like_library(like, shape, dtype)
+        return np.empty(shape, dtype)
+    if not isinstance(out, np.ndarray) and not is_device_array(out):
+        raise TypeError(f"{name} must be an array; got {type(out).__name__}")
+    out_shape, out_dtype = shape_dtype(out)
+    if tuple(out_shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(out_shape)}; the result has shape {tuple(shape)}")
+    if out_dtype != dtype:
+        raise ValueError(f"{name} has dtype {out_dtype}; the result has dtype {dtype}")
+    if not _writeable(out):
+        raise ValueError(f"{name} is read-only")
+    for input_name, value in inputs.items():
+        if value is None or _is_scalar_like(value) or not _may_overlap(out, value):
+            continue
+        if not _same_layout(out, value):
+            raise ValueError(f"{name} overlaps {input_name} without being the same array; pass a separate array or exactly {input_name}")
+    return out
+
+
+def _is_scalar_like(x):
+    return isinstance(x, (numbers.Number, np.generic))
+
+
+def _writeable(a):
+    if isinstance(a, np.ndarray):
+        return a.flags.writeable
+    cai = getattr(a, "__cuda_array_interface__", None)
+    return cai is None or not cai["data"][1]
+
+
+def _cai_layout(a):
+    """(pointer, shape, strides) from the CUDA array interface, strides made explicit."""
+    cai = a.__cuda_array_interface__
+    shape = tuple(cai["shape"])
+    itemsize = np.dtype(cai["typestr"]).itemsize
+    strides = cai.get("strides")
+    if strides is None:
+        strides, step = [], itemsize
+        for n in reversed(shape):
+            strides.insert(0, step)
+            step *= n
+    return cai["data"][0], shape, tuple(strides), itemsize
+
+
+def _byte_range(a):
+    ptr, shape, strides, itemsize = _cai_layout(a)
+    if 0 in shape:
+        return ptr, ptr
+    low = ptr + sum(min(0, (n - 1) * s) for n, s in zip(shape, strides))
+    high = ptr + sum(max(0, (n - 1) * s) for n, s in zip(shape, strides)) + itemsize
+    return low, high
+
+
+def _may_overlap(a, b):
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and np.may_share_memory(a, b)
+    if _is_simulator_array(a) or _is_simulator_array(b):
+        return _is_simulator_array(a) and _is_simulator_array(b) and np.may_share_memory(a._ary, b._ary)
+    (lo_a, hi_a), (lo_b, hi_b) = _byte_range(a), _byte_range(b)
+    return lo_a < hi_b and lo_b < hi_a
+
+
+def _same_layout(a, b):
+    if isinstance(a, np.ndarray):
+        return (
+            a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+            and a.shape == b.shape
+            and a.strides == b.strides
+            and a.dtype == b.dtype
+        )
+    if _is_simulator_array(a):
+        return _same_layout(a._ary, b._ary)
+    return _cai_layout(a) == _cai_layout(b) and shape_dtype(a)[1] == shape_dtype(b)[1]

@@ -1,0 +1,53 @@
+"""Numba CPU backend: @njit(parallel=True, cache=True) kernels, one module per family.
+
+Threading layer. fastgauss uses the layer Numba selects (NUMBA_THREADING_LAYER, else
+tbb, then omp, then workqueue). tbb and omp are thread-safe, so calls from several
+Python threads run concurrently. The workqueue layer aborts the process when two
+threads enter parallel code at once, so under it fastgauss serializes its own kernel
+launches with a lock: concurrent calls stay correct, and each call still uses every
+core. Note that GNU OpenMP (omp) is not fork-safe: a child forked after a parallel
+call must not call fastgauss again; use NUMBA_THREADING_LAYER=workqueue or the
+"spawn" start method for such programs.
+
+Importing this module (on the first cpu call, not on ``import fastgauss``) starts
+the thread pool, so the layer is known before any concurrent call can race.
+"""
+
+import contextlib
+import threading
+
+import numba
+import numpy as np
+
+CHUNK = 1 << 14  # elements per parallel work item: large enough to amortize scheduling
+
+
+@numba.njit(parallel=True, cache=True)
+def _start_threads(a):
+    for i in numba.prange(a.size):
+        a[i] = i
+
+
+_start_threads(np.empty(2 * numba.config.NUMBA_NUM_THREADS))
+THREADING_LAYER = numba.threading_layer()
+_launch_guard = threading.Lock() if THREADING_LAYER == "workqueue" else contextlib.nullcontext()
+
+
+def launch(kernel, *args):
+    """Run a parallel kernel, serialized only where the threading layer requires it."""
+    with _launch_guard:
+        kernel(*args)
+
+
+def as_rows(a, rows):
+    """A (rows, width) view of ``a`` (a copy only if its axes cannot be merged)."""
+    return a.reshape(rows, -1)
+
+
+@contextlib.contextmanager
+def rows_to_write(out, rows):
+    """A (rows, width) array to write; copied back into ``out`` if it could not be a view."""
+    view = out.reshape(rows, -1)
+    yield view
+    if out.size and not np.may_share_memory(view, out):
+        out[...] = view.reshape(out.shape)

@@ -1,0 +1,57 @@
+"""Test setup: CUDA tests run on the GPU when there is one, else under Numba's simulator.
+
+This must run before numba is imported anywhere, hence at conftest import.
+"""
+
+import ctypes
+import os
+
+import numpy as np
+import pytest
+
+
+def _gpu_present():
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            driver = ctypes.CDLL(name)
+        except OSError:
+            continue
+        count = ctypes.c_int(0)
+        return driver.cuInit(0) == 0 and driver.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
+    return False
+
+
+if "NUMBA_ENABLE_CUDASIM" not in os.environ and not _gpu_present():
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+
+SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+
+import fastgauss  # noqa: E402  (after the simulator switch)
+
+CUDA_USABLE = "cuda" in fastgauss.backends()
+BACKENDS = ["numpy", "cpu", "cuda"]
+
+
+def pytest_report_header(config):
+    mode = "CUDA simulator" if SIMULATOR else "real GPU"
+    return f"fastgauss backends: {fastgauss.backends()}; cuda tests run on the {mode}"
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    if request.param == "cuda" and not CUDA_USABLE:
+        pytest.skip("cuda backend not usable: " + str(fastgauss._dispatch.cuda_unavailable_reason()))
+    return request.param
+
+
+def to_backend(a, backend):
+    """Put a NumPy array where ``backend`` computes (device for cuda)."""
+    if backend == "cuda" and isinstance(a, np.ndarray):
+        from numba import cuda
+
+        return cuda.to_device(a)
+    return a
+
+
+def to_numpy(a):
+    return a if isinstance(a, np.ndarray) else a.copy_to_host()

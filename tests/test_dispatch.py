@@ -1,0 +1,162 @@
+"""Backend resolution, host/device rules, the reference module, and lazy imports."""
+
+import inspect
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastgauss
+from fastgauss import _dispatch
+from conftest import CUDA_USABLE
+
+SCHEDULE = fastgauss.NoiseSchedule.linear(10)
+X0 = np.ones((2, 3))
+
+
+@pytest.fixture
+def record_backend(monkeypatch):
+    """Record which backend each q_sample call resolves to, without running it."""
+    chosen = []
+    monkeypatch.setattr(fastgauss.diffusion, "implementation", lambda op, name: lambda *args: chosen.append(name))
+    monkeypatch.delenv(_dispatch.ENV_VAR, raising=False)
+    yield chosen
+    fastgauss.set_backend(None)
+
+
+def call(**kwargs):
+    fastgauss.q_sample(X0, 1, SCHEDULE, X0, **kwargs)
+
+
+def test_resolution_order(record_backend, monkeypatch):
+    call()
+    assert record_backend[-1] == "cpu"  # auto with host arrays
+    monkeypatch.setenv(_dispatch.ENV_VAR, "numpy")
+    call()
+    assert record_backend[-1] == "numpy"  # environment variable beats auto
+    fastgauss.set_backend("cpu")
+    call()
+    assert record_backend[-1] == "cpu"  # set_backend beats the environment
+    with fastgauss.use_backend("numpy"):
+        call()
+        assert record_backend[-1] == "numpy"  # use_backend beats set_backend
+        assert fastgauss.get_backend() == "numpy"
+        call(backend="cpu")
+        assert record_backend[-1] == "cpu"  # backend= beats everything
+        with fastgauss.use_backend("cpu"):
+            call()
+            assert record_backend[-1] == "cpu"  # nesting
+        call()
+        assert record_backend[-1] == "numpy"  # restored on exit
+    assert fastgauss.get_backend() == "cpu"
+    fastgauss.set_backend(None)
+    assert fastgauss.get_backend() == "numpy"  # the environment again
+
+
+def test_use_backend_is_thread_local(record_backend):
+    import threading
+
+    seen = []
+    with fastgauss.use_backend("numpy"):
+        thread = threading.Thread(target=lambda: seen.append(fastgauss.get_backend()))
+        thread.start()
+        thread.join()
+    assert seen == [None]
+
+
+def test_unknown_backend_names(record_backend, monkeypatch):
+    with pytest.raises(ValueError, match=r"unknown backend 'tpu' from backend="):
+        call(backend="tpu")
+    with pytest.raises(ValueError, match=r"unknown backend 'gpu' from set_backend"):
+        fastgauss.set_backend("gpu")
+    with pytest.raises(ValueError, match=r"unknown backend 'numba' from use_backend"):
+        with fastgauss.use_backend("numba"):
+            pass
+    monkeypatch.setenv(_dispatch.ENV_VAR, "fast")
+    with pytest.raises(ValueError, match=r"unknown backend 'fast' from the FASTGAUSS_BACKEND environment variable"):
+        call()
+    assert record_backend == []
+
+
+def test_cuda_unusable_raises_runtime_error(record_backend, monkeypatch):
+    monkeypatch.setattr(_dispatch, "cuda_unavailable_reason", lambda: "no CUDA GPU or driver was found")
+    with pytest.raises(RuntimeError, match="backend 'cuda' .* is not usable: no CUDA GPU"):
+        call(backend="cuda")
+    assert fastgauss.backends() == ("numpy", "cpu")
+
+
+def test_cuda_unusable_without_gpu_or_simulator():
+    """A real process without a GPU and without the simulator: cuda is not listed and asking for it says why."""
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
+    code = (
+        "import numpy as np, fastgauss\n"
+        "print(fastgauss.backends())\n"
+        "try:\n"
+        "    fastgauss.q_sample(np.ones(2), 0, fastgauss.NoiseSchedule.linear(10), np.ones(2), backend='cuda')\n"
+        "except RuntimeError as e:\n"
+        "    print('RuntimeError', e)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    if "'cuda'" in result.stdout.splitlines()[0]:
+        pytest.skip("this machine has a usable GPU")
+    assert result.stdout.splitlines()[0] == "('numpy', 'cpu')"
+    assert "RuntimeError backend 'cuda' (from backend=) is not usable" in result.stdout
+
+
+def test_backends_lists_usable_ones():
+    assert fastgauss.backends()[:2] == ("numpy", "cpu")
+    assert ("cuda" in fastgauss.backends()) == CUDA_USABLE
+
+
+@pytest.mark.skipif(not CUDA_USABLE, reason="cuda backend not usable")
+def test_host_and_device_rules(record_backend):
+    from numba import cuda
+
+    device = cuda.to_device(X0)
+    fastgauss.q_sample(device, 1, SCHEDULE, device)
+    assert record_backend[-1] == "cuda"  # auto picks cuda for device arrays
+    with pytest.raises(TypeError, match="cannot mix host and CUDA arrays in one call: noise on the GPU, x0 on the host"):
+        fastgauss.q_sample(X0, 1, SCHEDULE, device)
+    with pytest.raises(TypeError, match="cannot mix host and CUDA arrays in one call: x0, noise on the GPU, t on the host"):
+        fastgauss.q_sample(device, np.array([1, 2]), SCHEDULE, device)
+    with pytest.raises(TypeError, match="backend 'cuda' needs CUDA arrays, but x0, noise is a host array"):
+        fastgauss.q_sample(X0, 1, SCHEDULE, X0, backend="cuda")
+    with pytest.raises(TypeError, match="backend 'cpu' .* needs host arrays, but x0, noise is a CUDA array"):
+        fastgauss.q_sample(device, 1, SCHEDULE, device, backend="cpu")
+    with pytest.raises(TypeError, match="out on the GPU"):
+        fastgauss.q_sample(X0, 1, SCHEDULE, X0, out=cuda.device_array((2, 3)))
+
+
+def test_reference_module_has_the_public_signatures():
+    for op in _dispatch.OPS:
+        public = getattr(fastgauss, op)
+        pinned = getattr(fastgauss.reference, op)
+        params = [p for p in inspect.signature(public).parameters.values() if p.name != "backend"]
+        assert list(inspect.signature(pinned).parameters.values()) == params
+    x0 = np.linspace(0, 1, 6).reshape(2, 3)
+    np.testing.assert_array_equal(
+        fastgauss.reference.q_sample(x0, 5, SCHEDULE, x0), fastgauss.q_sample(x0, 5, SCHEDULE, x0, backend="numpy")
+    )
+    with pytest.raises(TypeError):
+        fastgauss.reference.q_sample(x0, 5, SCHEDULE, x0, backend="cpu")
+
+
+def test_every_registered_op_has_all_backends():
+    import importlib
+
+    for op, family in _dispatch.OPS.items():
+        assert callable(getattr(fastgauss, op))
+        for package in _dispatch._PACKAGES.values():
+            if package == "fastgauss.cuda" and not CUDA_USABLE:
+                continue
+            assert callable(getattr(importlib.import_module(f"{package}.{family}"), op))
+
+
+def test_import_compiles_nothing_and_loads_no_numba():
+    code = "import sys, fastgauss; print(sorted(m for m in sys.modules if m.split('.')[0] in ('numba', 'numba_cuda')))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
