@@ -1,0 +1,217 @@
+"""python -m fastgauss: environment, self-check against the reference, benchmark table.
+
+Exit status 1 when any self-check fails. Options: --quick (small size, fewer
+repeats), --size 64,3,256,256 (benchmark shape), --json PATH (write everything).
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+import fastgauss
+from fastgauss import _bench
+from fastgauss._dispatch import OPS, cuda_unavailable_reason
+from fastgauss._examples import EXAMPLES
+
+DTYPES = (np.float32, np.float64)
+TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}  # rtol = atol, against the reference
+CHECK_SHAPE = (4, 3, 16, 16)
+DEFAULT_SIZE = (64, 3, 256, 256)
+QUICK_SIZE = (8, 3, 64, 64)
+
+
+def say(text=""):
+    print(text, flush=True)
+
+
+def environment():
+    import numba
+
+    info = {
+        "fastgauss": fastgauss.__version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "backends": list(fastgauss.backends()),
+        "cpu_count": os.cpu_count(),
+        "numba_threads": numba.config.NUMBA_NUM_THREADS,
+    }
+    from fastgauss.cpu import THREADING_LAYER  # starts the thread pool, so the layer is known
+
+    info["threading_layer"] = THREADING_LAYER
+    reason = cuda_unavailable_reason()
+    if reason is None:
+        from numba import cuda
+
+        device = cuda.get_current_device()
+        name = device.name.decode() if isinstance(device.name, bytes) else str(device.name)
+        info["gpu"] = name + (" (CUDA simulator)" if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else "")
+    else:
+        info["gpu"] = f"no GPU ({reason})"
+    return info
+
+
+def _to_device(value):
+    from numba import cuda
+
+    return cuda.to_device(value) if isinstance(value, np.ndarray) else value
+
+
+def _to_host(value):
+    if isinstance(value, tuple):
+        return tuple(_to_host(v) for v in value)
+    return value if isinstance(value, np.ndarray) else value.copy_to_host()
+
+
+def _run(op, backend, args, kwargs):
+    if backend == "cuda":
+        args = tuple(_to_device(a) for a in args)
+    return getattr(fastgauss, op)(*args, **kwargs, backend=backend)
+
+
+def _matches(got, expected, dtype):
+    got, expected = _to_host(got), expected
+    pairs = zip(got, expected) if isinstance(expected, tuple) else [(got, expected)]
+    tol = TOLERANCE[dtype]
+    return all(g.shape == e.shape and g.dtype == e.dtype and np.allclose(g, e, rtol=tol, atol=tol, equal_nan=True) for g, e in pairs)
+
+
+def self_check(backends):
+    """Every op on every compiled backend against the NumPy reference."""
+    results = []
+    rng = np.random.default_rng(20261124)
+    for op in OPS:
+        for backend in backends:
+            ok, detail = True, []
+            for dtype in DTYPES:
+                for label, args, kwargs in EXAMPLES[op](CHECK_SHAPE, dtype, rng):
+                    expected = _run(op, "numpy", args, kwargs)
+                    try:
+                        passed = _matches(_run(op, backend, args, kwargs), expected, dtype)
+                    except Exception as exc:  # a crash is a FAIL, reported, not a traceback
+                        passed = False
+                        label += f": {type(exc).__name__}: {exc}"
+                    if not passed:
+                        ok = False
+                        detail.append(f"{np.dtype(dtype).name} {label}")
+            status = "PASS" if ok else "FAIL"
+            say(f"  {op:<24} {backend:<5} {status}" + (f"  ({'; '.join(detail)})" if detail else ""))
+            results.append({"op": op, "backend": backend, "status": status, "failed": detail})
+    return results
+
+
+def _bytes_moved(args, result):
+    arrays = [a for a in args if isinstance(a, np.ndarray)]
+    outputs = result if isinstance(result, tuple) else (result,)
+    return sum(a.nbytes for a in arrays) + sum(np.dtype(o.dtype).itemsize * int(np.prod(o.shape)) for o in outputs)
+
+
+def benchmark(backends, shape, repeats):
+    rows = []
+    rng = np.random.default_rng(0)
+    largest = 0
+    for op in OPS:
+        for dtype in DTYPES:
+            label, args, kwargs = EXAMPLES[op](shape, dtype, rng)[0]
+            say(f"  {op} {np.dtype(dtype).name} {shape} ({label}) ...")
+            row = {"op": op, "dtype": np.dtype(dtype).name, "shape": list(shape), "case": label}
+            expected = _run(op, "numpy", args, kwargs)
+            row["bytes"] = _bytes_moved(args, expected)
+            largest = max(largest, row["bytes"])
+            for backend in ("numpy",) + tuple(b for b in backends if b != "numpy"):
+                # Outputs are preallocated (out=) so the times measure the op, not the page
+                # faults of a fresh output buffer, which every backend would pay alike.
+                if backend == "cuda":
+                    from numba import cuda
+
+                    device_args = tuple(_to_device(a) for a in args)
+                    out = cuda.device_array(expected.shape, expected.dtype)
+                    fn = lambda: getattr(fastgauss, op)(*device_args, **kwargs, out=out, backend="cuda")  # noqa: E731
+                    seconds = _bench.best_time(fn, repeats * 3, synchronize=cuda.synchronize)
+                else:
+                    out = np.empty_like(expected)
+                    fn = lambda: _run(op, backend, args, dict(kwargs, out=out))  # noqa: E731
+                    seconds = _bench.best_time(fn, repeats)
+                row[backend] = {"seconds": seconds, "GB/s": row["bytes"] / seconds / 1e9}
+            rows.append(row)
+    say("  copy bandwidth ...")
+    bandwidth = {"host": _bench.host_copy_bandwidth(largest)}
+    if "cuda" in backends:
+        bandwidth["cuda"] = _bench.device_copy_bandwidth(largest)
+    return rows, bandwidth
+
+
+def print_table(rows, bandwidth, backends):
+    compiled = [b for b in backends if b != "numpy"]
+    header = f"{'op':<14}{'dtype':<9}{'numpy ms':>10}"
+    for b in compiled:
+        header += f"{b + ' ms':>10}{'speedup':>9}{'GB/s':>8}{'of copy':>9}"
+    say(header)
+    for row in rows:
+        line = f"{row['op']:<14}{row['dtype']:<9}{row['numpy']['seconds'] * 1e3:>10.2f}"
+        for b in compiled:
+            copy = bandwidth["cuda" if b == "cuda" else "host"]
+            line += (
+                f"{row[b]['seconds'] * 1e3:>10.2f}{row['numpy']['seconds'] / row[b]['seconds']:>8.1f}x"
+                f"{row[b]['GB/s']:>8.1f}{row[b]['GB/s'] * 1e9 / copy:>8.0%} "
+            )
+        say(line)
+    say(f"host copy bandwidth: {bandwidth['host'] / 1e9:.1f} GB/s (read + write; best of numpy.copyto and a parallel Numba copy)")
+    if "cuda" in bandwidth:
+        say(f"device copy bandwidth: {bandwidth['cuda'] / 1e9:.1f} GB/s (read + write)")
+    say("GB/s = bytes the op must move (inputs read once, outputs written once) / time; 'of copy' = that / copy bandwidth")
+    say("outputs preallocated with out= for every backend; times are the best of the repeats")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m fastgauss", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"benchmark at {QUICK_SIZE} with fewer repeats")
+    parser.add_argument("--size", help=f"benchmark shape, e.g. 64,3,256,256 (default {DEFAULT_SIZE})")
+    parser.add_argument("--json", metavar="PATH", help="write environment, self-check and benchmarks as JSON")
+    args = parser.parse_args(argv)
+    if args.size:
+        try:
+            args.shape = tuple(int(n) for n in args.size.replace("x", ",").split(","))
+        except ValueError:
+            parser.error(f"--size must be comma-separated integers, e.g. 64,3,256,256; got {args.size!r}")
+        if not args.shape or min(args.shape) < 1:
+            parser.error(f"--size needs positive dimensions; got {args.size!r}")
+    else:
+        args.shape = QUICK_SIZE if args.quick else DEFAULT_SIZE
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    started = time.perf_counter()
+    say("fastgauss environment")
+    env = environment()
+    for key, value in env.items():
+        say(f"  {key:<16} {value}")
+    backends = [b for b in env["backends"] if b != "numpy"]
+
+    say("\nself-check against the NumPy reference (float32 rtol=atol=1e-5, float64 1e-12)")
+    checks = self_check(backends)
+    failed = [c for c in checks if c["status"] == "FAIL"]
+
+    say(f"\nbenchmark at {args.shape} (best of {2 if args.quick else 5} runs)")
+    rows, bandwidth = benchmark(env["backends"], args.shape, repeats=2 if args.quick else 5)
+    say()
+    print_table(rows, bandwidth, env["backends"])
+
+    elapsed = time.perf_counter() - started
+    say(f"\n{'FAIL' if failed else 'PASS'}: {len(checks) - len(failed)}/{len(checks)} self-checks passed in {elapsed:.1f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"environment": env, "self_check": checks, "benchmarks": rows, "copy_bandwidth": bandwidth}, f, indent=2)
+        say(f"wrote {args.json}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
