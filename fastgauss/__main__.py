@@ -112,9 +112,9 @@ def _bytes_moved(args, result):
 
 
 def benchmark(backends, shape, repeats):
+    """Time each op per backend, next to a copy moving the same number of bytes (same run, same moment)."""
     rows = []
     rng = np.random.default_rng(0)
-    largest = 0
     for op in OPS:
         for dtype in DTYPES:
             label, args, kwargs = EXAMPLES[op](shape, dtype, rng)[0]
@@ -122,8 +122,8 @@ def benchmark(backends, shape, repeats):
             row = {"op": op, "dtype": np.dtype(dtype).name, "shape": list(shape), "case": label}
             expected = _run(op, "numpy", args, kwargs)
             row["bytes"] = _bytes_moved(args, expected)
-            largest = max(largest, row["bytes"])
-            for backend in ("numpy",) + tuple(b for b in backends if b != "numpy"):
+            row["copy GB/s"] = {"host": _bench.host_copy_bandwidth(row["bytes"] // 2) / 1e9}
+            for backend in backends:
                 # Outputs are preallocated (out=) so the times measure the op, not the page
                 # faults of a fresh output buffer, which every backend would pay alike.
                 if backend == "cuda":
@@ -133,39 +133,34 @@ def benchmark(backends, shape, repeats):
                     out = cuda.device_array(expected.shape, expected.dtype)
                     fn = lambda: getattr(fastgauss, op)(*device_args, **kwargs, out=out, backend="cuda")  # noqa: E731
                     seconds = _bench.best_time(fn, repeats * 3, synchronize=cuda.synchronize)
+                    row["copy GB/s"]["cuda"] = _bench.device_copy_bandwidth(row["bytes"] // 2) / 1e9
                 else:
                     out = np.empty_like(expected)
                     fn = lambda: _run(op, backend, args, dict(kwargs, out=out))  # noqa: E731
                     seconds = _bench.best_time(fn, repeats)
                 row[backend] = {"seconds": seconds, "GB/s": row["bytes"] / seconds / 1e9}
             rows.append(row)
-    say("  copy bandwidth ...")
-    bandwidth = {"host": _bench.host_copy_bandwidth(largest)}
-    if "cuda" in backends:
-        bandwidth["cuda"] = _bench.device_copy_bandwidth(largest)
-    return rows, bandwidth
+    return rows
 
 
-def print_table(rows, bandwidth, backends):
+def print_table(rows, backends):
     compiled = [b for b in backends if b != "numpy"]
     header = f"{'op':<14}{'dtype':<9}{'numpy ms':>10}"
     for b in compiled:
-        header += f"{b + ' ms':>10}{'speedup':>9}{'GB/s':>8}{'of copy':>9}"
+        header += f"{b + ' ms':>10}{'speedup':>9}{'GB/s':>8}{'copy GB/s':>11}{'of copy':>9}"
     say(header)
     for row in rows:
         line = f"{row['op']:<14}{row['dtype']:<9}{row['numpy']['seconds'] * 1e3:>10.2f}"
         for b in compiled:
-            copy = bandwidth["cuda" if b == "cuda" else "host"]
+            copy = row["copy GB/s"]["cuda" if b == "cuda" else "host"]
             line += (
                 f"{row[b]['seconds'] * 1e3:>10.2f}{row['numpy']['seconds'] / row[b]['seconds']:>8.1f}x"
-                f"{row[b]['GB/s']:>8.1f}{row[b]['GB/s'] * 1e9 / copy:>8.0%} "
+                f"{row[b]['GB/s']:>8.1f}{copy:>11.1f}{row[b]['GB/s'] / copy:>9.0%}"
             )
         say(line)
-    say(f"host copy bandwidth: {bandwidth['host'] / 1e9:.1f} GB/s (read + write; best of numpy.copyto and a parallel Numba copy)")
-    if "cuda" in bandwidth:
-        say(f"device copy bandwidth: {bandwidth['cuda'] / 1e9:.1f} GB/s (read + write)")
-    say("GB/s = bytes the op must move (inputs read once, outputs written once) / time; 'of copy' = that / copy bandwidth")
-    say("outputs preallocated with out= for every backend; times are the best of the repeats")
+    say("GB/s = bytes the op must move (inputs read once, outputs written once) / time.")
+    say("copy GB/s = a copy moving the same bytes, timed right before (host: best of numpy.copyto and a")
+    say("parallel Numba copy); 'of copy' = GB/s / copy GB/s. Outputs preallocated (out=); best of the repeats.")
 
 
 def parse_args(argv):
@@ -200,15 +195,15 @@ def main(argv=None):
     failed = [c for c in checks if c["status"] == "FAIL"]
 
     say(f"\nbenchmark at {args.shape} (best of {2 if args.quick else 5} runs)")
-    rows, bandwidth = benchmark(env["backends"], args.shape, repeats=2 if args.quick else 5)
+    rows = benchmark(env["backends"], args.shape, repeats=2 if args.quick else 5)
     say()
-    print_table(rows, bandwidth, env["backends"])
+    print_table(rows, env["backends"])
 
     elapsed = time.perf_counter() - started
     say(f"\n{'FAIL' if failed else 'PASS'}: {len(checks) - len(failed)}/{len(checks)} self-checks passed in {elapsed:.1f} s")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"environment": env, "self_check": checks, "benchmarks": rows, "copy_bandwidth": bandwidth}, f, indent=2)
+            json.dump({"environment": env, "self_check": checks, "benchmarks": rows}, f, indent=2)
         say(f"wrote {args.json}")
     return 1 if failed else 0
 
