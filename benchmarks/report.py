@@ -1,0 +1,47 @@
+"""Turn a pytest-benchmark JSON file into the markdown table of benchmarks/README.md.
+
+    python benchmarks/report.py bench.json
+
+For each group: the best (min) time per backend, the speedup over the NumPy reference,
+GB/s = bytes the op must move / time, and that as a fraction of the bandwidth of a copy
+moving the same bytes in the same run (host copy for numpy/cpu, device copy for cuda;
+the faster of the host copies).
+"""
+
+import json
+import sys
+
+
+def main(path):
+    with open(path) as f:
+        data = json.load(f)
+    rows, copy = {}, {}
+    for bench in data["benchmarks"]:
+        info, best = bench["extra_info"], bench["stats"]["min"]
+        if bench["group"].startswith("copy"):
+            key = (info["backend"], info["dtype"])  # the fastest copy of each kind is the floor
+            copy[key] = max(copy.get(key, 0.0), info["bytes"] / best)
+            continue
+        rows.setdefault(bench["group"], {})[info["backend"]] = (best, info["bytes"], info["dtype"])
+    machine = data.get("machine_info", {})
+    print(f"Machine: {machine.get('cpu', {}).get('brand_raw', '?')}, {machine.get('cpu', {}).get('count', '?')} cores, "
+          f"Python {machine.get('python_version', '?')}; run {data.get('datetime', '?')[:19]}")
+    print("Copy bandwidth (read + write): " + ", ".join(f"{kind} {dtype} {rate / 1e9:.1f} GB/s" for (kind, dtype), rate in copy.items()))
+    print()
+    print("| benchmark | backend | best ms | speedup vs numpy | GB/s | of copy bandwidth |")
+    print("|---|---|---:|---:|---:|---:|")
+    for group, by_backend in rows.items():
+        numpy_time = by_backend.get("numpy", (None,))[0]
+        for backend in ("numpy", "cpu", "cuda"):
+            if backend not in by_backend:
+                continue
+            best, nbytes, dtype = by_backend[backend]
+            speedup = f"{numpy_time / best:.1f}x" if numpy_time else "-"
+            reference = copy.get(("cuda" if backend == "cuda" else "host", dtype))
+            rate = nbytes / best
+            floor = f"{rate / reference:.0%}" if reference else "-"
+            print(f"| {group} | {backend} | {best * 1e3:.2f} | {speedup} | {rate / 1e9:.1f} | {floor} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
