@@ -7,13 +7,18 @@ backends load on their first call.
 """
 
 from fastgauss._dispatch import backends, get_backend, set_backend, use_backend
+from fastgauss import random
 from fastgauss.diffusion import q_sample
+from fastgauss.random import Generator, default_rng
 from fastgauss.schedules import NoiseSchedule
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Generator",
     "NoiseSchedule",
+    "default_rng",
+    "random",
     "backends",
     "get_backend",
     "q_sample",

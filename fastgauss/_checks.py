@@ -64,6 +64,14 @@ def _describe(dtypes):
     return ", ".join(f"{k} {np.dtype(v)}" for k, v in dtypes.items())
 
 
+def size(shape):
+    """Number of elements of ``shape`` as a Python int."""
+    count = 1
+    for n in shape:
+        count *= int(n)
+    return count
+
+
 def same_shape(name, shape, ref_name, ref_shape):
     if tuple(shape) != tuple(ref_shape):
         raise ValueError(f"{name} must have the shape of {ref_name} {tuple(ref_shape)}; got {tuple(shape)}")

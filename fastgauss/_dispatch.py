@@ -22,8 +22,12 @@ _PACKAGES = {"numpy": "fastgauss.reference", "cpu": "fastgauss.cpu", "cuda": "fa
 
 # The one place an op is registered: op name -> family module, which has the
 # same name in reference/, cpu/ and cuda/ and defines a function named like the op.
+# Generator methods are ops too: their backend functions fill an output from (key, offset).
 OPS = {
     "q_sample": "diffusion",
+    "philox4x32_10": "random",
+    "standard_normal": "random",
+    "random": "random",
 }
 
 ENV_VAR = "FASTGAUSS_BACKEND"
@@ -159,6 +163,11 @@ def resolve(backend, arrays):
             "(use backend='cuda', or copy it to the host first)"
         )
     return name
+
+
+def public_function(op):
+    """The public function of ``op``: ``fastgauss.<family>.<op>``, or None for a Generator method."""
+    return getattr(importlib.import_module(f"fastgauss.{OPS[op]}"), op, None)
 
 
 def implementation(op, backend):

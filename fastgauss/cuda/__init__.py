@@ -50,6 +50,15 @@ def as_rows(name, a, rows):
         raise ValueError(f"{name}: non-contiguous CUDA arrays are not supported; pass a C-contiguous array") from exc
 
 
+def as_flat(name, a):
+    """A 1-D Numba device view of a C-contiguous CUDA array."""
+    view = _numba_view(a)
+    try:
+        return view.reshape(view.size)
+    except NotImplementedError as exc:
+        raise ValueError(f"{name}: non-contiguous CUDA arrays are not supported; pass a C-contiguous array") from exc
+
+
 def grid(rows, width):
     blocks_x = max(1, min(-(-width // THREADS), MAX_GRID_X))
     return (blocks_x, min(rows, MAX_GRID_Y)), THREADS

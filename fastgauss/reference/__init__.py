@@ -7,14 +7,14 @@ package's family modules (``fastgauss.reference.diffusion`` ...).
 """
 
 import functools
-import importlib
 import inspect
 
 from fastgauss._dispatch import OPS as _OPS
+from fastgauss._dispatch import public_function as _public_function
 
 
 def _pinned(op):
-    public = getattr(importlib.import_module(f"fastgauss.{_OPS[op]}"), op)
+    public = _public_function(op)
     signature = inspect.signature(public)
 
     @functools.wraps(public)
@@ -26,7 +26,7 @@ def _pinned(op):
     return call
 
 
-for _op in _OPS:
+# Ops whose public face is a module function; the Generator methods take backend="numpy".
+__all__ = [op for op in _OPS if _public_function(op) is not None]
+for _op in __all__:
     globals()[_op] = _pinned(_op)
-
-__all__ = list(_OPS)

@@ -1,0 +1,120 @@
+"""CUDA kernels of the counter-based generator: one thread per Philox block.
+
+Same scalar code as the CPU (fastgauss._device.random), same stream layout
+(fastgauss.reference.random), so the words are bitwise identical to the CPU's.
+"""
+
+import numpy as np
+from numba import cuda
+
+from fastgauss import _device
+from fastgauss._device import random as _random
+from fastgauss.cuda import THREADS, as_flat
+
+_d = _device.compile_for(cuda.jit(device=True), _random)
+_block = _d.block
+_box_muller32 = _d.box_muller32
+_box_muller64 = _d.box_muller64
+_uniform32 = _d.uniform32
+_uniform64 = _d.uniform64
+_philox4x32_10 = _d.philox4x32_10
+
+MAX_BLOCKS = 4096  # CUDA blocks of a launch; grid-stride loops cover larger outputs
+
+
+def words(key, offset):
+    """(k0, k1, o0, o1, o2, o3) as uint64 kernel arguments."""
+    return tuple(np.uint64((key >> s) & 0xFFFFFFFF) for s in (0, 32)) + tuple(
+        np.uint64((offset >> s) & 0xFFFFFFFF) for s in (0, 32, 64, 96)
+    )
+
+
+def launch_config(work_items):
+    return max(1, min(-(-work_items // THREADS), MAX_BLOCKS)), THREADS
+
+
+@cuda.jit(device=True)
+def normals(per_block, o0, o1, o2, o3, k0, k1, j):
+    """The normals of stream block j, padded to four values (float64 blocks give two)."""
+    w0, w1, w2, w3 = _block(o0, o1, o2, o3, k0, k1, np.uint64(j))
+    if per_block == 4:
+        z0, z1 = _box_muller32(w0, w1)
+        z2, z3 = _box_muller32(w2, w3)
+        return np.float64(z0), np.float64(z1), np.float64(z2), np.float64(z3)
+    z0, z1 = _box_muller64(w0, w1, w2, w3)
+    return z0, z1, 0.0, 0.0
+
+
+@cuda.jit(device=True)
+def uniforms(per_block, o0, o1, o2, o3, k0, k1, j):
+    w0, w1, w2, w3 = _block(o0, o1, o2, o3, k0, k1, np.uint64(j))
+    if per_block == 4:
+        return np.float64(_uniform32(w0)), np.float64(_uniform32(w1)), np.float64(_uniform32(w2)), np.float64(_uniform32(w3))
+    return _uniform64(w0, w1), _uniform64(w2, w3), 0.0, 0.0
+
+
+@cuda.jit(cache=True)
+def _fill(out, normal, per_block, k0, k1, o0, o1, o2, o3):
+    n = out.size
+    for j in range(cuda.grid(1), (n + per_block - 1) // per_block, cuda.gridsize(1)):
+        if normal:
+            values = normals(per_block, o0, o1, o2, o3, k0, k1, j)
+        else:
+            values = uniforms(per_block, o0, o1, o2, o3, k0, k1, j)
+        for lane in range(per_block):
+            e = j * per_block + lane
+            if e < n:
+                out[e] = values[lane]  # float32 values round-trip through float64 exactly
+
+
+def _launch_fill(out, normal, key, offset):
+    flat = as_flat("out", out)
+    per_block = 4 if flat.dtype == np.float32 else 2
+    blocks, threads = launch_config(-(-flat.size // per_block))
+    _fill[blocks, threads](flat, normal, per_block, *words(key, offset))
+
+
+def standard_normal(out, key, offset):
+    _launch_fill(out, True, key, offset)
+
+
+def random(out, key, offset):
+    _launch_fill(out, False, key, offset)
+
+
+@cuda.jit(cache=True)
+def _philox(counters, keys, out):
+    for i in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
+        ci = i if counters.shape[0] > 1 else 0
+        ki = i if keys.shape[0] > 1 else 0
+        w = _philox4x32_10(
+            np.uint64(counters[ci, 0]), np.uint64(counters[ci, 1]), np.uint64(counters[ci, 2]), np.uint64(counters[ci, 3]),
+            np.uint64(keys[ki, 0]), np.uint64(keys[ki, 1]),
+        )
+        for lane in range(4):
+            out[i, lane] = np.uint32(w[lane])
+
+
+def philox4x32_10(counters, keys, out):
+    """Counters and keys must have the same leading shape as out, or a single row each."""
+    rows = int(np.prod(out.shape[:-1]))
+    counters_2d = as_flat("counters", counters).reshape(-1, 4)
+    keys_2d = as_flat("keys", keys).reshape(-1, 2)
+    for name, array in (("counters", counters_2d), ("keys", keys_2d)):
+        if array.shape[0] not in (1, rows):
+            raise ValueError(f"on the GPU, {name} must have the leading shape of the result or a single row")
+    blocks, threads = launch_config(rows)
+    _philox[blocks, threads](counters_2d, keys_2d, as_flat("out", out).reshape(rows, 4))
+
+
+@cuda.jit(cache=True)
+def _scale_shift(out, scale, shift):
+    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        out[i] = out[i] * scale + shift
+
+
+def scale_shift(out, scale, shift):
+    """out = out * scale + shift in place (Generator.normal on the GPU)."""
+    flat = as_flat("out", out)
+    blocks, threads = launch_config(flat.size)
+    _scale_shift[blocks, threads](flat, flat.dtype.type(scale), flat.dtype.type(shift))
