@@ -5,6 +5,7 @@ repeats), --size 64,3,256,256 (benchmark shape), --json PATH (write everything).
 """
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -68,17 +69,20 @@ def _to_host(value):
     return value if isinstance(value, np.ndarray) else value.copy_to_host()
 
 
-def _run(op, backend, args, kwargs):
-    if backend == "cuda":
-        args = tuple(_to_device(a) for a in args)
-    return getattr(fastgauss, op)(*args, **kwargs, backend=backend)
+def _run(call, backend, **extra):
+    args = tuple(_to_device(a) for a in call.args) if backend == "cuda" else call.args
+    return call.function(*args, **call.kwargs, **extra, backend=backend)
 
 
 def _matches(got, expected, dtype):
-    got, expected = _to_host(got), expected
-    pairs = zip(got, expected) if isinstance(expected, tuple) else [(got, expected)]
+    pairs = zip(_to_host(got), expected) if isinstance(expected, tuple) else [(_to_host(got), expected)]
     tol = TOLERANCE[dtype]
-    return all(g.shape == e.shape and g.dtype == e.dtype and np.allclose(g, e, rtol=tol, atol=tol, equal_nan=True) for g, e in pairs)
+    return all(
+        g.shape == e.shape
+        and g.dtype == e.dtype
+        and (np.array_equal(g, e) if e.dtype.kind in "iu" else np.allclose(g, e, rtol=tol, atol=tol, equal_nan=True))
+        for g, e in pairs
+    )
 
 
 def self_check(backends):
@@ -87,70 +91,76 @@ def self_check(backends):
     rng = np.random.default_rng(20261124)
     for op in OPS:
         for backend in backends:
-            ok, detail = True, []
+            failed = []
             for dtype in DTYPES:
-                for label, args, kwargs in EXAMPLES[op](CHECK_SHAPE, dtype, rng):
-                    expected = _run(op, "numpy", args, kwargs)
+                for call in EXAMPLES[op](CHECK_SHAPE, dtype, rng):
+                    problem = ""
                     try:
-                        passed = _matches(_run(op, backend, args, kwargs), expected, dtype)
+                        if not _matches(_run(call, backend), _run(call, "numpy"), dtype):
+                            problem = "differs from the reference"
                     except Exception as exc:  # a crash is a FAIL, reported, not a traceback
-                        passed = False
-                        label += f": {type(exc).__name__}: {exc}"
-                    if not passed:
-                        ok = False
-                        detail.append(f"{np.dtype(dtype).name} {label}")
-            status = "PASS" if ok else "FAIL"
-            say(f"  {op:<24} {backend:<5} {status}" + (f"  ({'; '.join(detail)})" if detail else ""))
-            results.append({"op": op, "backend": backend, "status": status, "failed": detail})
+                        problem = f"{type(exc).__name__}: {exc}"
+                    if problem:
+                        failed.append(f"{np.dtype(dtype).name} {call.label}: {problem}")
+            status = "FAIL" if failed else "PASS"
+            say(f"  {op:<24} {backend:<5} {status}" + (f"  ({'; '.join(failed)})" if failed else ""))
+            results.append({"op": op, "backend": backend, "status": status, "failed": failed})
     return results
 
 
 def _bytes_moved(args, result):
     arrays = [a for a in args if isinstance(a, np.ndarray)]
     outputs = result if isinstance(result, tuple) else (result,)
-    return sum(a.nbytes for a in arrays) + sum(np.dtype(o.dtype).itemsize * int(np.prod(o.shape)) for o in outputs)
+    return sum(a.nbytes for a in arrays) + sum(o.nbytes for o in outputs)
+
+
+def _time(call, backend, expected, repeats):
+    """Best time of ``call`` on ``backend``, with a preallocated out= where the op takes one
+    (so the times measure the op, not the page faults of a fresh output buffer)."""
+    takes_out = "out" in inspect.signature(call.function).parameters
+    if backend == "cuda":
+        from numba import cuda
+
+        args = tuple(_to_device(a) for a in call.args)  # copied once, outside the timing
+        extra = {"out": cuda.device_array(expected.shape, expected.dtype)} if takes_out else {}
+        run = lambda: call.function(*args, **call.kwargs, **extra, backend="cuda")  # noqa: E731
+        return _bench.best_time(run, repeats * 3, synchronize=cuda.synchronize)
+    extra = {"out": np.empty_like(expected)} if takes_out else {}
+    # the NumPy reference of the generator takes ~1 s a call at full size: cap its repeats
+    return _bench.best_time(lambda: _run(call, backend, **extra), repeats, max_seconds=1.5)
 
 
 def benchmark(backends, shape, repeats):
-    """Time each op per backend, next to a copy moving the same number of bytes (same run, same moment)."""
+    """Time each benchmarked call per backend, next to a copy moving the same bytes (same run, same moment)."""
     rows = []
     rng = np.random.default_rng(0)
     for op in OPS:
         for dtype in DTYPES:
-            label, args, kwargs = EXAMPLES[op](shape, dtype, rng)[0]
-            say(f"  {op} {np.dtype(dtype).name} {shape} ({label}) ...")
-            row = {"op": op, "dtype": np.dtype(dtype).name, "shape": list(shape), "case": label}
-            expected = _run(op, "numpy", args, kwargs)
-            row["bytes"] = _bytes_moved(args, expected)
-            row["copy GB/s"] = {"host": _bench.host_copy_bandwidth(row["bytes"] // 2) / 1e9}
-            for backend in backends:
-                # Outputs are preallocated (out=) so the times measure the op, not the page
-                # faults of a fresh output buffer, which every backend would pay alike.
-                if backend == "cuda":
-                    from numba import cuda
-
-                    device_args = tuple(_to_device(a) for a in args)
-                    out = cuda.device_array(expected.shape, expected.dtype)
-                    fn = lambda: getattr(fastgauss, op)(*device_args, **kwargs, out=out, backend="cuda")  # noqa: E731
-                    seconds = _bench.best_time(fn, repeats * 3, synchronize=cuda.synchronize)
+            for call in EXAMPLES[op](shape, dtype, rng):
+                if not call.benchmark:
+                    continue
+                say(f"  {op} {np.dtype(dtype).name} {shape} ({call.label}) ...")
+                expected = _run(call, "numpy")
+                row = {"op": op, "dtype": np.dtype(dtype).name, "shape": list(shape), "case": call.label}
+                row["bytes"] = _bytes_moved(call.args, expected)
+                row["copy GB/s"] = {"host": _bench.host_copy_bandwidth(row["bytes"] // 2) / 1e9}
+                if "cuda" in backends:
                     row["copy GB/s"]["cuda"] = _bench.device_copy_bandwidth(row["bytes"] // 2) / 1e9
-                else:
-                    out = np.empty_like(expected)
-                    fn = lambda: _run(op, backend, args, dict(kwargs, out=out))  # noqa: E731
-                    seconds = _bench.best_time(fn, repeats)
-                row[backend] = {"seconds": seconds, "GB/s": row["bytes"] / seconds / 1e9}
-            rows.append(row)
+                for backend in backends:
+                    seconds = _time(call, backend, expected, repeats)
+                    row[backend] = {"seconds": seconds, "GB/s": row["bytes"] / seconds / 1e9}
+                rows.append(row)
     return rows
 
 
 def print_table(rows, backends):
     compiled = [b for b in backends if b != "numpy"]
-    header = f"{'op':<14}{'dtype':<9}{'numpy ms':>10}"
+    header = f"{'op':<17}{'case':<27}{'dtype':<9}{'numpy ms':>10}"
     for b in compiled:
         header += f"{b + ' ms':>10}{'speedup':>9}{'GB/s':>8}{'copy GB/s':>11}{'of copy':>9}"
     say(header)
     for row in rows:
-        line = f"{row['op']:<14}{row['dtype']:<9}{row['numpy']['seconds'] * 1e3:>10.2f}"
+        line = f"{row['op']:<17}{row['case']:<27}{row['dtype']:<9}{row['numpy']['seconds'] * 1e3:>10.2f}"
         for b in compiled:
             copy = row["copy GB/s"]["cuda" if b == "cuda" else "host"]
             line += (

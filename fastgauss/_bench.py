@@ -29,8 +29,9 @@ def _cpu_parallel_copy():
     return _parallel_copy
 
 
-def best_time(fn, repeats, min_seconds=0.0, synchronize=None):
-    """Best wall time of ``fn()`` over ``repeats`` runs (more while under ``min_seconds``)."""
+def best_time(fn, repeats, min_seconds=0.0, synchronize=None, max_seconds=None):
+    """Best wall time of ``fn()`` over ``repeats`` runs (more while under ``min_seconds``;
+    fewer, but at least one, once ``max_seconds`` are spent)."""
     fn()  # warm-up: compilation and first-touch page faults stay out of the numbers
     if synchronize:
         synchronize()
@@ -42,6 +43,8 @@ def best_time(fn, repeats, min_seconds=0.0, synchronize=None):
             synchronize()
         elapsed = time.perf_counter() - start
         best, spent, runs = min(best, elapsed), spent + elapsed, runs + 1
+        if max_seconds is not None and spent >= max_seconds:
+            break
     return best
 
 

@@ -160,3 +160,9 @@ def test_import_compiles_nothing_and_loads_no_numba():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_every_registered_op_has_an_example_for_the_main_job():
+    from fastgauss._examples import EXAMPLES
+
+    assert set(EXAMPLES) == set(_dispatch.OPS)
