@@ -266,7 +266,8 @@ def philox4x32_10(counters, keys, *, backend=None):
     keys : uint32 array (..., 2)
     The leading dimensions broadcast together; returns uint32 of shape
     broadcast(leading dimensions) + (4,). Integer input of another dtype is accepted
-    when every value fits in 32 bits.
+    when every value fits in 32 bits. On cuda, counters and keys (uint32 device
+    arrays) must each have the result's leading shape or a single row.
 
     >>> fastgauss.random.philox4x32_10(np.zeros(4, np.uint32), np.zeros(2, np.uint32))
     array([1713892565, 3781805453, 3159861324, 2600524760], dtype=uint32)
