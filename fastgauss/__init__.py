@@ -8,7 +8,18 @@ backends load on their first call.
 
 from fastgauss._dispatch import backends, get_backend, set_backend, use_backend
 from fastgauss import random
-from fastgauss.diffusion import q_sample
+from fastgauss.diffusion import (
+    ddim_step,
+    ddpm_step,
+    posterior_mean_from_eps,
+    predict_eps,
+    predict_v,
+    predict_x0,
+    q_posterior,
+    q_sample,
+    v_to_eps,
+    v_to_x0,
+)
 from fastgauss.random import Generator, default_rng
 from fastgauss.schedules import NoiseSchedule
 
@@ -22,6 +33,15 @@ __all__ = [
     "backends",
     "get_backend",
     "q_sample",
+    "q_posterior",
+    "predict_x0",
+    "predict_eps",
+    "predict_v",
+    "v_to_x0",
+    "v_to_eps",
+    "posterior_mean_from_eps",
+    "ddpm_step",
+    "ddim_step",
     "set_backend",
     "use_backend",
 ]

@@ -85,18 +85,18 @@ def schedule(value, name="schedule"):
     return value
 
 
-def timesteps(t, num_timesteps, data_shape, name="t"):
+def timesteps(t, num_timesteps, data_shape, name="t", low=0):
     """Validate timesteps against a schedule of ``num_timesteps`` and data of ``data_shape``.
 
     Returns a Python int for a scalar (or 0-d) t, else a host int64 array of shape
     (B,) with B = data_shape[0]. Device t is copied to the host (B integers) to be
     checked. Non-integer t is a TypeError; a wrong shape or a value outside
-    [0, num_timesteps) is a ValueError.
+    [low, num_timesteps) is a ValueError.
     """
     if isinstance(t, (bool, np.bool_)):
         raise TypeError(f"{name} must be an integer or an integer array; got bool {t!r}")
     if isinstance(t, (numbers.Integral, np.integer)):
-        return _timestep_scalar(int(t), num_timesteps, name)
+        return _timestep_scalar(int(t), num_timesteps, name, low)
     if isinstance(t, (numbers.Number, np.generic)):
         raise TypeError(f"{name} must be an integer or an integer array; got {type(t).__name__} {t!r}")
     if is_device_array(t):
@@ -108,20 +108,20 @@ def timesteps(t, num_timesteps, data_shape, name="t"):
     if host.dtype.kind not in "iu":
         raise TypeError(f"{name} must be an integer or an integer array; got an array of dtype {host.dtype}")
     if host.ndim == 0:
-        return _timestep_scalar(int(host), num_timesteps, name)
+        return _timestep_scalar(int(host), num_timesteps, name, low)
     if host.ndim != 1 or len(data_shape) == 0 or host.shape[0] != data_shape[0]:
         batch = f"(B,) = ({data_shape[0]},)" if len(data_shape) else "(B,) with B = x.shape[0], which needs x.ndim >= 1"
         raise ValueError(f"{name} must be a scalar or have shape {batch}; got shape {host.shape}")
-    bad = np.flatnonzero((host < 0) | (host >= num_timesteps))
+    bad = np.flatnonzero((host < low) | (host >= num_timesteps))
     if bad.size:
         i = int(bad[0])
-        raise ValueError(f"{name} must be in [0, {num_timesteps}); {name}[{i}] = {host[i]}")
+        raise ValueError(f"{name} must be in [{low}, {num_timesteps}); {name}[{i}] = {host[i]}")
     return host.astype(np.int64)
 
 
-def _timestep_scalar(value, num_timesteps, name):
-    if not 0 <= value < num_timesteps:
-        raise ValueError(f"{name} must be in [0, {num_timesteps}); got {value}")
+def _timestep_scalar(value, num_timesteps, name, low=0):
+    if not low <= value < num_timesteps:
+        raise ValueError(f"{name} must be in [{low}, {num_timesteps}); got {value}")
     return value
 
 

@@ -25,6 +25,15 @@ _PACKAGES = {"numpy": "fastgauss.reference", "cpu": "fastgauss.cpu", "cuda": "fa
 # Generator methods are ops too: their backend functions fill an output from (key, offset).
 OPS = {
     "q_sample": "diffusion",
+    "q_posterior": "diffusion",
+    "predict_x0": "diffusion",
+    "predict_eps": "diffusion",
+    "predict_v": "diffusion",
+    "v_to_x0": "diffusion",
+    "v_to_eps": "diffusion",
+    "posterior_mean_from_eps": "diffusion",
+    "ddpm_step": "diffusion",
+    "ddim_step": "diffusion",
     "philox4x32_10": "random",
     "standard_normal": "random",
     "random": "random",

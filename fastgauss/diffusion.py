@@ -1,6 +1,10 @@
 """Public diffusion ops: validate -> dispatch -> backend function."""
 
-from fastgauss import _checks
+import numbers
+
+import numpy as np
+
+from fastgauss import _checks, _coefficients
 from fastgauss._dispatch import implementation, resolve
 from fastgauss.random import as_generator, blocks_needed
 
@@ -63,23 +67,258 @@ def q_sample(x0, t, schedule, noise=None, *, rng=None, out=None, return_noise=Fa
     schedule = _checks.schedule(schedule)
     x0 = _checks.data_array("x0", x0, on_device)
     shape, x0_dtype = _checks.shape_dtype(x0)
-    if noise is None:
-        generator = as_generator(rng)
-        dtype = _checks.result_dtype(x0=x0_dtype)
-    else:
-        if rng is not None:
-            raise ValueError("pass either noise or rng, not both")
-        noise = _checks.data_array("noise", noise, on_device)
-        noise_shape, noise_dtype = _checks.shape_dtype(noise)
-        _checks.same_shape("noise", noise_shape, "x0", shape)
-        dtype = _checks.result_dtype(x0=x0_dtype, noise=noise_dtype)
+    noise, generator, dtypes = _noise_source(noise, rng, shape, "x0", on_device, x0=x0_dtype)
+    dtype = _checks.result_dtype(**dtypes)
     t = _checks.timesteps(t, schedule.num_timesteps, shape)
     out = _checks.output(out, shape, dtype, like=x0, inputs={"x0": x0, "noise": noise})
-    stream = noise_out = None
-    if noise is None:
+    noise_out = stream = None
+    if generator is not None:
         noise_out = _checks.output(None, shape, dtype, like=x0, inputs={}) if return_noise else None
         stream = generator.reserve(blocks_needed(_checks.size(shape), dtype))
     implementation("q_sample", name)(x0, t, schedule, noise, out, noise_out, stream)
     if return_noise:
         return out, (noise if noise is not None else noise_out)
     return out
+
+
+def _noise_source(noise, rng, shape, data_name, on_device, **dtypes):
+    """(noise array or None, Generator or None, dtypes for the result): exactly one source;
+    noise must have the shape of the data argument ``data_name``."""
+    if noise is None:
+        return None, as_generator(rng), dtypes
+    if rng is not None:
+        raise ValueError("pass either noise or rng, not both")
+    noise = _checks.data_array("noise", noise, on_device)
+    noise_shape, noise_dtype = _checks.shape_dtype(noise)
+    _checks.same_shape("noise", noise_shape, data_name, shape)
+    return noise, None, dict(dtypes, noise=noise_dtype)
+
+
+def _pair(backend, names, u, w, t, schedule, out):
+    """Validate a two-array op: same shapes, result dtype, timesteps, out. Returns the
+    backend name and the normalized (u, w, t, schedule, out)."""
+    u_name, w_name = names
+    name = resolve(backend, {u_name: u, w_name: w, "t": t, "out": out})
+    on_device = name == "cuda"
+    schedule = _checks.schedule(schedule)
+    u = _checks.data_array(u_name, u, on_device)
+    w = _checks.data_array(w_name, w, on_device)
+    shape, u_dtype = _checks.shape_dtype(u)
+    w_shape, w_dtype = _checks.shape_dtype(w)
+    _checks.same_shape(w_name, w_shape, u_name, shape)
+    dtype = _checks.result_dtype(**{u_name: u_dtype, w_name: w_dtype})
+    t = _checks.timesteps(t, schedule.num_timesteps, shape)
+    out = _checks.output(out, shape, dtype, like=u, inputs={u_name: u, w_name: w})
+    return name, (u, w, t, schedule, out)
+
+
+def _linear_op(op, names, u, w, t, schedule, out, backend):
+    name, args = _pair(backend, names, u, w, t, schedule, out)
+    implementation(op, name)(*args)
+    return args[-1]
+
+
+_SHARED = """
+    t : int or integer array (B,) — 0-based timesteps, one per sample of the leading axis.
+    schedule : NoiseSchedule — its tables are cast to the output dtype.
+    out : array, optional — the result's shape and dtype; may be exactly one of the inputs.
+    backend : {"numpy", "cpu", "cuda"}, optional.
+
+    Arrays of one shape, on one side (host or GPU); the result has that shape and dtype
+    numpy.result_type of the arrays (integer data gives float64). One fused pass.
+"""
+
+
+def q_posterior(x0, xt, t, schedule, *, out=None, backend=None):
+    r"""The forward-process posterior q(x_{t-1} | x_t, x_0) = N(mean, variance).
+
+    .. math::  \tilde\mu = c_1[t]\, x_0 + c_2[t]\, x_t, \quad
+               c_1 = \frac{\beta_t \sqrt{\bar\alpha_{t-1}}}{1 - \bar\alpha_t},\;
+               c_2 = \frac{(1 - \bar\alpha_{t-1}) \sqrt{\alpha_t}}{1 - \bar\alpha_t},\quad
+               \tilde\beta_t = \frac{1 - \bar\alpha_{t-1}}{1 - \bar\alpha_t} \beta_t
+
+    Returns (mean, variance, log_variance): mean has x_t's shape; variance is
+    schedule.posterior_variance[t] and log_variance schedule.posterior_log_variance_clipped[t],
+    shaped (B, 1, ..., 1) to broadcast against x_t, or 0-d for a scalar t, in the output
+    dtype and of the inputs' array kind. Matches improved-diffusion's
+    GaussianDiffusion.q_posterior_mean_variance.
+    """ + _SHARED + """
+    >>> mean, var, logvar = fastgauss.q_posterior(x0, xt, np.array([10, 500]), schedule)
+    """
+    name, args = _pair(backend, ("x0", "xt"), x0, xt, t, schedule, out)
+    implementation("q_posterior", name)(*args)
+    u, _, t, schedule, mean = args
+    shape, dtype = _checks.shape_dtype(mean)
+    per_sample = (-1,) + (1,) * (len(shape) - 1) if np.ndim(t) else ()
+    tables = (schedule.posterior_variance[t], schedule.posterior_log_variance_clipped[t])
+    variance, log_variance = (np.asarray(table, dtype).reshape(per_sample) for table in tables)
+    if name == "cuda":
+        from fastgauss.cuda import from_host_like
+
+        variance, log_variance = from_host_like(mean, variance), from_host_like(mean, log_variance)
+    return mean, variance, log_variance
+
+
+def predict_x0(xt, t, eps, schedule, *, out=None, backend=None):
+    r"""x0 from the noise: :math:`\hat x_0 = (x_t - \sqrt{1 - \bar\alpha_t}\,\epsilon) / \sqrt{\bar\alpha_t}`.
+    """ + _SHARED + """
+    >>> x0 = fastgauss.predict_x0(xt, t, eps, schedule)
+    """
+    return _linear_op("predict_x0", ("xt", "eps"), xt, eps, t, schedule, out, backend)
+
+
+def predict_eps(xt, t, x0, schedule, *, out=None, backend=None):
+    r"""The noise from x0: :math:`\epsilon = (x_t - \sqrt{\bar\alpha_t}\, x_0) / \sqrt{1 - \bar\alpha_t}`.
+    """ + _SHARED + """
+    >>> eps = fastgauss.predict_eps(xt, t, x0, schedule)
+    """
+    return _linear_op("predict_eps", ("xt", "x0"), xt, x0, t, schedule, out, backend)
+
+
+def predict_v(x0, eps, t, schedule, *, out=None, backend=None):
+    r"""The v target (Salimans and Ho 2022): :math:`v = \sqrt{\bar\alpha_t}\,\epsilon - \sqrt{1 - \bar\alpha_t}\, x_0`.
+    """ + _SHARED + """
+    >>> v = fastgauss.predict_v(x0, eps, t, schedule)
+    """
+    return _linear_op("predict_v", ("x0", "eps"), x0, eps, t, schedule, out, backend)
+
+
+def v_to_x0(xt, t, v, schedule, *, out=None, backend=None):
+    r"""x0 from v: :math:`\hat x_0 = \sqrt{\bar\alpha_t}\, x_t - \sqrt{1 - \bar\alpha_t}\, v`.
+    """ + _SHARED + """
+    >>> x0 = fastgauss.v_to_x0(xt, t, v, schedule)
+    """
+    return _linear_op("v_to_x0", ("xt", "v"), xt, v, t, schedule, out, backend)
+
+
+def v_to_eps(xt, t, v, schedule, *, out=None, backend=None):
+    r"""The noise from v: :math:`\epsilon = \sqrt{\bar\alpha_t}\, v + \sqrt{1 - \bar\alpha_t}\, x_t`.
+    """ + _SHARED + """
+    >>> eps = fastgauss.v_to_eps(xt, t, v, schedule)
+    """
+    return _linear_op("v_to_eps", ("xt", "v"), xt, v, t, schedule, out, backend)
+
+
+def posterior_mean_from_eps(xt, t, eps, schedule, *, out=None, backend=None):
+    r"""The posterior mean from the noise (Ho et al. 2020, eq. 11):
+    :math:`\tilde\mu = (x_t - \frac{\beta_t}{\sqrt{1 - \bar\alpha_t}}\,\epsilon) / \sqrt{\alpha_t}`.
+    """ + _SHARED + """
+    >>> mean = fastgauss.posterior_mean_from_eps(xt, t, eps, schedule)
+    """
+    return _linear_op("posterior_mean_from_eps", ("xt", "eps"), xt, eps, t, schedule, out, backend)
+
+
+PREDICTIONS = ("epsilon", "sample", "v")
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}; got {value!r}")
+
+
+def _check_clip(clip):
+    if clip is None:
+        return None
+    if isinstance(clip, bool) or not isinstance(clip, numbers.Real):
+        raise TypeError(f"clip must be None or a positive number; got {type(clip).__name__}")
+    if not clip > 0:  # also rejects NaN
+        raise ValueError(f"clip must be None or a positive number; got {clip}")
+    return float(clip)
+
+
+def _step_inputs(backend, model_output, xt, t, noise, rng, out, schedule):
+    """Validate what DDPM and DDIM steps share; returns (name, model_output, xt, t, noise,
+    generator, out, dtype)."""
+    name = resolve(backend, {"model_output": model_output, "xt": xt, "t": t, "noise": noise, "out": out})
+    on_device = name == "cuda"
+    schedule = _checks.schedule(schedule)
+    model_output = _checks.data_array("model_output", model_output, on_device)
+    xt = _checks.data_array("xt", xt, on_device)
+    shape, xt_dtype = _checks.shape_dtype(xt)
+    model_shape, model_dtype = _checks.shape_dtype(model_output)
+    _checks.same_shape("model_output", model_shape, "xt", shape)
+    noise, generator, dtypes = _noise_source(noise, rng, shape, "xt", on_device, model_output=model_dtype, xt=xt_dtype)
+    dtype = _checks.result_dtype(**dtypes)
+    t = _checks.timesteps(t, schedule.num_timesteps, shape)
+    out = _checks.output(out, shape, dtype, like=xt, inputs={"model_output": model_output, "xt": xt, "noise": noise})
+    return name, model_output, xt, t, noise, generator, out, dtype, shape
+
+
+def ddpm_step(model_output, xt, t, schedule, *, prediction="epsilon", clip=None, variance="small",
+              noise=None, rng=None, return_x0=False, out=None, backend=None):
+    r"""One ancestral sampling step x_t -> x_{t-1} (Ho et al. 2020), fused into one pass.
+
+    .. math::  \hat x_0 = \mathrm{clamp}(f(m, x_t), -c, c), \quad
+               x_{t-1} = c_1[t]\,\hat x_0 + c_2[t]\, x_t + \sqrt{\sigma^2_t}\, z
+
+    with f the x0 implied by the model output m ("epsilon": (x_t - sqrt(1 - abar_t) m) /
+    sqrt(abar_t); "sample": m; "v": sqrt(abar_t) x_t - sqrt(1 - abar_t) m), c_1, c_2 the
+    posterior mean coefficients, sigma_t^2 = the posterior variance (clamped at 1e-20)
+    for variance="small" or beta_t for "large", and no noise added where t = 0.
+
+    Given the same noise this is diffusers' DDPMScheduler.step over the full schedule
+    (variance_type "fixed_small" / "fixed_large", clip_sample with clip_sample_range =
+    clip, prediction_type "epsilon" / "sample" / "v_prediction").
+
+    Parameters
+    ----------
+    model_output, xt : arrays of one shape (B, ...); t : int or integer array (B,).
+    prediction : "epsilon", "sample" or "v".   clip : None or a positive number.
+    variance : "small" or "large".
+    noise : array of xt's shape, optional; otherwise drawn in the kernel from ``rng``
+        (a Generator, int seed or None): it equals rng.standard_normal(xt.shape, dtype),
+        drawn for every element (also where t = 0, where it is not used).
+    return_x0 : also return the clamped x0 estimate: (x_prev, x0).
+    out, backend : as for every op.
+
+    >>> x_prev = fastgauss.ddpm_step(eps_model, xt, 999, schedule, rng=rng)
+    """
+    _check_choice("prediction", prediction, PREDICTIONS)
+    _check_choice("variance", variance, ("small", "large"))
+    clip = _check_clip(clip)
+    name, model_output, xt, t, noise, generator, out, dtype, shape = _step_inputs(backend, model_output, xt, t, noise, rng, out, schedule)
+    x0_out = _checks.output(None, shape, dtype, like=xt, inputs={}) if return_x0 else None
+    stream = generator.reserve(blocks_needed(_checks.size(shape), dtype)) if generator is not None else None
+    implementation("ddpm_step", name)(model_output, xt, t, schedule, out, x0_out, noise, stream, prediction, clip, variance)
+    return (out, x0_out) if return_x0 else out
+
+
+def ddim_step(model_output, xt, t, t_prev, schedule, *, eta=0.0, prediction="epsilon", clip=None,
+              noise=None, rng=None, return_x0=False, out=None, backend=None):
+    r"""One DDIM step x_t -> x_{t_prev} (Song et al. 2021), fused into one pass.
+
+    .. math::  x_{prev} = \sqrt{\bar\alpha_{prev}}\,\hat x_0
+               + \sqrt{1 - \bar\alpha_{prev} - \sigma_t^2}\,\hat\epsilon + \sigma_t z,
+               \quad \sigma_t = \eta \sqrt{\frac{1 - \bar\alpha_{prev}}{1 - \bar\alpha_t}
+               \left(1 - \frac{\bar\alpha_t}{\bar\alpha_{prev}}\right)}
+
+    x0_hat and eps_hat are implied by the model output (see ddpm_step); clip clamps
+    x0_hat only, and eps_hat is the one implied by the unclipped output. t_prev = -1
+    means abar_prev = 1 (the last step). eta = 0 is deterministic and draws no noise.
+
+    Given the same noise this is diffusers' DDIMScheduler.step with set_alpha_to_one=True
+    and use_clipped_model_output=False.
+
+    Parameters: as ddpm_step, plus t_prev (int or integer array (B,), -1 <= t_prev < T)
+    and eta >= 0 (a ValueError where 1 - abar_prev - sigma_t^2 < 0, i.e. eta too large).
+
+    >>> x_prev = fastgauss.ddim_step(eps_model, xt, 980, 960, schedule)
+    """
+    _check_choice("prediction", prediction, PREDICTIONS)
+    clip = _check_clip(clip)
+    if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not eta >= 0:
+        raise ValueError(f"eta must be a number >= 0; got {eta!r}")
+    name, model_output, xt, t, noise, generator, out, dtype, shape = _step_inputs(backend, model_output, xt, t, noise, rng, out, schedule)
+    t_prev = _checks.timesteps(t_prev, schedule.num_timesteps, shape, name="t_prev", low=-1)
+    sigma, _, abar_prev = _coefficients.ddim_sigma(schedule, t, t_prev, eta)
+    bad = np.flatnonzero(~(1 - abar_prev - sigma**2 >= 0))
+    if bad.size:
+        raise ValueError(f"eta = {eta} is too large: 1 - abar_prev - sigma_t^2 < 0 (first at sample {bad[0]})")
+    x0_out = _checks.output(None, shape, dtype, like=xt, inputs={}) if return_x0 else None
+    stream = None
+    if eta > 0:
+        stream = generator.reserve(blocks_needed(_checks.size(shape), dtype)) if generator is not None else None
+    else:
+        noise = None  # eta = 0: deterministic, the noise is not used
+    implementation("ddim_step", name)(model_output, xt, t, t_prev, schedule, out, x0_out, noise, stream, eta, prediction, clip)
+    return (out, x0_out) if return_x0 else out

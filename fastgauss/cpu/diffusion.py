@@ -1,74 +1,130 @@
-"""CPU kernels for the diffusion ops."""
+"""CPU kernels for the diffusion ops.
+
+Two kernels serve every op: ``_linear_rows`` (out = a[r] u + b[r] w, for q_sample with
+given noise, the posterior mean and the parameterization conversions) and
+``_step_flat`` (the fused DDPM/DDIM step, and q_sample with generated noise), with
+per-row coefficients from fastgauss._coefficients.
+"""
+
+import functools
 
 import numba
 import numpy as np
 
-from fastgauss._device.diffusion import q_sample_element
-from fastgauss._layout import per_row, row_count
+from fastgauss import _coefficients
+from fastgauss._device import compile_for
+from fastgauss._device import diffusion as _diffusion
+from fastgauss._layout import row_count
 from fastgauss.cpu import CHUNK, as_rows, launch, rows_to_write
 from fastgauss.cpu.random import normal_part, words
 
-_q_sample_element = numba.njit(inline="always")(q_sample_element)
+_d = compile_for(numba.njit(error_model="numpy", inline="always"), _diffusion)
+_linear_element = _d.linear_element
+_step_element = _d.step_element
 KERNEL = dict(error_model="numpy", cache=True)
+NO_NOISE, GIVEN_NOISE, GENERATED_NOISE = 0, 1, 2
 
 
 @numba.njit(parallel=True, **KERNEL)
-def _q_sample_rows(x0, noise, signal_scale, noise_scale, out):
+def _linear_rows(u, w, a, b, out):
     rows, width = out.shape
     chunks_per_row = (width + CHUNK - 1) // CHUNK
     for chunk in numba.prange(rows * chunks_per_row):
         r = chunk // chunks_per_row
         start = (chunk - r * chunks_per_row) * CHUNK
         stop = min(start + CHUNK, width)
-        a = signal_scale[r]
-        b = noise_scale[r]
+        ar = a[r]
+        br = b[r]
         # 1-D slices: the inner loop over them vectorizes; 2-D indexing does not.
-        x0_part, noise_part, out_part = x0[r, start:stop], noise[r, start:stop], out[r, start:stop]
+        u_part, w_part, out_part = u[r, start:stop], w[r, start:stop], out[r, start:stop]
         for j in range(out_part.size):
-            out_part[j] = _q_sample_element(a, x0_part[j], b, noise_part[j])
+            out_part[j] = _linear_element(ar, u_part[j], br, w_part[j])
 
 
 @numba.njit(parallel=True, **KERNEL)
-def _q_sample_generated(x0, signal_scale, noise_scale, width, out, noise_out, write_noise, state):
-    """q_sample on flat C-order data with the noise drawn chunk by chunk into a small buffer.
-
-    Element e belongs to row e // width; its noise is stream element e.
-    """
+def _step_flat(xt, model, noise, noise_mode, coefficients, limit, width, out, x0_out, write_x0, noise_out, write_noise, state):
+    """The reverse-step formula on flat C-order data; element e is in row e // width and
+    uses stream element e when the noise is generated (in a cache-resident chunk buffer,
+    copied to noise_out when wanted)."""
+    ax, am, k0, kx, km, ks = coefficients
     n = out.size
     for chunk in numba.prange((n + CHUNK - 1) // CHUNK):
         start = chunk * CHUNK
         stop = min(start + CHUNK, n)
-        noise = np.empty(stop - start, out.dtype)  # cache-resident, not a full-size temporary
-        normal_part(noise, start, state)
-        if write_noise:
-            noise_out[start:stop] = noise
+        buffer = np.zeros(stop - start, out.dtype)
+        if noise_mode == GENERATED_NOISE:
+            normal_part(buffer, start, state)
+            if write_noise:
+                noise_out[start:stop] = buffer
         segment = start
         while segment < stop:  # the row segments of this chunk
             r = segment // width
             end = min(stop, (r + 1) * width)
-            a = signal_scale[r]
-            b = noise_scale[r]
-            x0_part, out_part = x0[segment:end], out[segment:end]
-            noise_part = noise[segment - start : end - start]
+            xt_part, m_part, out_part = xt[segment:end], model[segment:end], out[segment:end]
+            z_part = noise[segment:end] if noise_mode == GIVEN_NOISE else buffer[segment - start : end - start]
+            x0_part = x0_out[segment:end] if write_x0 else out_part  # unused unless write_x0
+            a_x, a_m, c0, cx, cm, cs, lim = ax[r], am[r], k0[r], kx[r], km[r], ks[r], limit
             for j in range(end - segment):
-                out_part[j] = _q_sample_element(a, x0_part[j], b, noise_part[j])
+                value, x0 = _step_element(a_x, a_m, c0, cx, cm, cs, lim, xt_part[j], m_part[j], z_part[j])
+                out_part[j] = value
+                if write_x0:
+                    x0_part[j] = x0
             segment = end
 
 
-def q_sample(x0, t, schedule, noise, out, noise_out=None, stream=None):
+def _run_linear(op, u, w, t, schedule, out):
     if out.size == 0:
         return
     rows = row_count(t)
-    signal_scale = per_row(schedule.sqrt_alphas_cumprod, t, out.dtype)
-    noise_scale = per_row(schedule.sqrt_one_minus_alphas_cumprod, t, out.dtype)
-    if noise is not None:
-        with rows_to_write(out, rows) as out_rows:
-            launch(_q_sample_rows, as_rows(x0, rows), as_rows(noise, rows), signal_scale, noise_scale, out_rows)
+    a, b = (np.ascontiguousarray(c, out.dtype) for c in _coefficients.linear(op, schedule, np.atleast_1d(t)))
+    with rows_to_write(out, rows) as out_rows:
+        launch(_linear_rows, as_rows(u, rows), as_rows(w, rows), a, b, out_rows)
+
+
+def _run_step(xt, model, t, coefficients, clip, out, x0_out, noise, stream, noise_out=None):
+    if out.size == 0:
         return
-    write_noise = noise_out is not None
-    noise_flat = noise_out.reshape(-1) if write_noise else np.empty(1, out.dtype)
+    rows = row_count(t)
+    coefficients = tuple(np.ascontiguousarray(c, out.dtype) for c in coefficients)
+    if noise is not None:
+        mode, noise_flat = GIVEN_NOISE, as_rows(noise, 1)[0]
+    else:
+        mode, noise_flat = (GENERATED_NOISE if stream is not None else NO_NOISE), np.empty(1, out.dtype)
+    state = words(*stream) if stream is not None else words(0, 0)
+    limit = out.dtype.type(np.inf if clip is None else clip)
+    unused = np.empty(1, out.dtype)
+    x0_flat = x0_out.reshape(-1) if x0_out is not None else unused  # fresh, contiguous outputs
+    noise_out_flat = noise_out.reshape(-1) if noise_out is not None else unused
     with rows_to_write(out, 1) as out_flat:
         launch(
-            _q_sample_generated, as_rows(x0, 1)[0], signal_scale, noise_scale, out.size // rows,
-            out_flat[0], noise_flat, write_noise, words(*stream),
+            _step_flat, as_rows(xt, 1)[0], as_rows(model, 1)[0], noise_flat, mode, coefficients, limit,
+            out.size // rows, out_flat[0], x0_flat, x0_out is not None, noise_out_flat, noise_out is not None, state,
         )
+
+
+def q_sample(x0, t, schedule, noise, out, noise_out=None, stream=None):
+    if noise is not None:
+        _run_linear("q_sample", x0, noise, t, schedule, out)
+        return
+    # generated noise: the step kernel with only kx = sqrt(abar) (on x0) and ks = sqrt(1 - abar)
+    signal, noise_scale = _coefficients.linear("q_sample", schedule, np.atleast_1d(t))
+    zero = np.zeros_like(signal)
+    _run_step(x0, x0, t, (zero, zero, zero, signal, zero, noise_scale), None, out, None, None, stream, noise_out)
+
+
+# The linear ops, each (u, w, t, schedule, out) in its public argument order:
+# q_posterior (the mean), predict_x0, predict_eps, predict_v, v_to_x0, v_to_eps,
+# posterior_mean_from_eps.
+for _op in _coefficients.LINEAR:
+    if _op != "q_sample":
+        globals()[_op] = functools.partial(_run_linear, _op)
+
+
+def ddpm_step(model_output, xt, t, schedule, out, x0_out, noise, stream, prediction, clip, variance):
+    coefficients = _coefficients.ddpm(schedule, t, prediction, variance)
+    _run_step(xt, model_output, t, coefficients, clip, out, x0_out, noise, stream)
+
+
+def ddim_step(model_output, xt, t, t_prev, schedule, out, x0_out, noise, stream, eta, prediction, clip):
+    coefficients = _coefficients.ddim(schedule, t, t_prev, eta, prediction)
+    _run_step(xt, model_output, t, coefficients, clip, out, x0_out, noise, stream)

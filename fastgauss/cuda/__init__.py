@@ -41,6 +41,21 @@ def empty_like_library(like, shape, dtype):
     return cuda.device_array(shape, dtype)
 
 
+def from_host_like(like, host):
+    """A copy of the small host array ``host`` in ``like``'s library, on its device."""
+    device = empty_like_library(like, host.shape, host.dtype)
+    library = type(device).__module__.split(".")[0]
+    if library == "cupy":
+        device.set(host)
+    elif library == "torch":
+        import torch
+
+        device.copy_(torch.from_numpy(host))
+    else:
+        device.copy_to_device(host)
+    return device
+
+
 def as_rows(name, a, rows):
     """A (rows, width) Numba device view of ``a``; its trailing axes must merge without a copy."""
     view = _numba_view(a)

@@ -1,62 +1,117 @@
-"""CUDA kernels for the diffusion ops."""
+"""CUDA kernels for the diffusion ops: the same two kernels as the CPU backend
+(``_linear_rows`` and the fused step), with the same coefficients and element code."""
+
+import functools
 
 import numpy as np
 from numba import cuda
 
+from fastgauss import _coefficients
 from fastgauss._checks import shape_dtype
-from fastgauss._device.diffusion import q_sample_element
-from fastgauss._layout import per_row, row_count
+from fastgauss._device import compile_for
+from fastgauss._device import diffusion as _diffusion
+from fastgauss._layout import row_count
 from fastgauss.cuda import as_flat, as_rows, grid
 from fastgauss.cuda.random import launch_config, normals, words
 
-_q_sample_element = cuda.jit(device=True)(q_sample_element)
+_d = compile_for(cuda.jit(device=True), _diffusion)
+_linear_element = _d.linear_element
+_step_element = _d.step_element
+NO_NOISE, GIVEN_NOISE, GENERATED_NOISE = 0, 1, 2
 
 
 @cuda.jit(cache=True)
-def _q_sample_rows(x0, noise, signal_scale, noise_scale, out):
+def _linear_rows(u, w, a, b, out):
     rows, width = out.shape
     for r in range(cuda.blockIdx.y, rows, cuda.gridDim.y):
-        a = signal_scale[r]
-        b = noise_scale[r]
+        ar = a[r]
+        br = b[r]
         for j in range(cuda.grid(1), width, cuda.gridsize(1)):
-            out[r, j] = _q_sample_element(a, x0[r, j], b, noise[r, j])
+            out[r, j] = _linear_element(ar, u[r, j], br, w[r, j])
 
 
 @cuda.jit(cache=True)
-def _q_sample_generated(x0, signal_scale, noise_scale, width, out, noise_out, write_noise, per_block, k0, k1, o0, o1, o2, o3):
-    """One thread per stream block: its 4 (float32) or 2 (float64) elements, flat C order."""
+def _step_blocks(xt, model, noise, noise_mode, ax, am, k0, kx, km, ks, limit, width, out, x0_out, write_x0,
+                 noise_out, write_noise, per_block, k_0, k_1, o0, o1, o2, o3):
+    """One thread per stream block: its 4 (float32) or 2 (float64) elements in flat C order."""
     n = out.size
     for j in range(cuda.grid(1), (n + per_block - 1) // per_block, cuda.gridsize(1)):
-        values = normals(per_block, o0, o1, o2, o3, k0, k1, j)
+        if noise_mode == GENERATED_NOISE:
+            z = normals(per_block, o0, o1, o2, o3, k_0, k_1, j)
+        else:
+            z = (0.0, 0.0, 0.0, 0.0)
         for lane in range(per_block):
             e = j * per_block + lane
             if e < n:
                 r = e // width
-                # values are float64 (float32 normals widened exactly), so a float32
-                # x_t is evaluated in float64 here and rounded once: within 1 ulp of the CPU.
-                out[e] = _q_sample_element(signal_scale[r], x0[e], noise_scale[r], values[lane])
+                xt_value = xt[e]  # read before out is touched: out may be xt or model
+                model_value = model[e]
+                if noise_mode == GIVEN_NOISE:
+                    noise_value = noise[e]
+                else:  # round the normal to out's dtype, as the CPU's buffer does
+                    out[e] = z[lane]
+                    noise_value = out[e]
+                value, x0 = _step_element(ax[r], am[r], k0[r], kx[r], km[r], ks[r], limit, xt_value, model_value, noise_value)
+                out[e] = value
+                if write_x0:
+                    x0_out[e] = x0
                 if write_noise:
-                    noise_out[e] = values[lane]
+                    noise_out[e] = z[lane]
 
 
-def q_sample(x0, t, schedule, noise, out, noise_out=None, stream=None):
+def _run_linear(op, u, w, t, schedule, out):
     shape, dtype = shape_dtype(out)
     if 0 in shape:
         return
     rows = row_count(t)
-    signal_scale = cuda.to_device(per_row(schedule.sqrt_alphas_cumprod, t, dtype))
-    noise_scale = cuda.to_device(per_row(schedule.sqrt_one_minus_alphas_cumprod, t, dtype))
-    if noise is not None:
-        out_rows = as_rows("out", out, rows)
-        blocks, threads = grid(*out_rows.shape)
-        _q_sample_rows[blocks, threads](as_rows("x0", x0, rows), as_rows("noise", noise, rows), signal_scale, noise_scale, out_rows)
+    a, b = (cuda.to_device(np.ascontiguousarray(c, dtype)) for c in _coefficients.linear(op, schedule, np.atleast_1d(t)))
+    out_rows = as_rows("out", out, rows)
+    blocks, threads = grid(*out_rows.shape)
+    _linear_rows[blocks, threads](as_rows("u", u, rows), as_rows("w", w, rows), a, b, out_rows)
+
+
+def _run_step(xt, model, t, coefficients, clip, out, x0_out, noise, stream, noise_out=None):
+    shape, dtype = shape_dtype(out)
+    if 0 in shape:
         return
+    rows = row_count(t)
+    coefficients = [cuda.to_device(np.ascontiguousarray(c, dtype)) for c in coefficients]
     out_flat = as_flat("out", out)
-    write_noise = noise_out is not None
-    noise_flat = as_flat("noise_out", noise_out) if write_noise else cuda.device_array(1, dtype)
+    unused = cuda.device_array(1, dtype)
+    mode = GIVEN_NOISE if noise is not None else (GENERATED_NOISE if stream is not None else NO_NOISE)
     per_block = 4 if dtype == np.float32 else 2
     blocks, threads = launch_config(-(-out_flat.size // per_block))
-    _q_sample_generated[blocks, threads](
-        as_flat("x0", x0), signal_scale, noise_scale, out_flat.size // rows, out_flat, noise_flat, write_noise,
-        per_block, *words(*stream),
+    _step_blocks[blocks, threads](
+        as_flat("xt", xt), as_flat("model_output", model), as_flat("noise", noise) if noise is not None else unused, mode,
+        *coefficients, dtype.type(np.inf if clip is None else clip), out_flat.size // rows, out_flat,
+        as_flat("x0", x0_out) if x0_out is not None else unused, x0_out is not None,
+        as_flat("noise", noise_out) if noise_out is not None else unused, noise_out is not None,
+        per_block, *words(*(stream if stream is not None else (0, 0))),
     )
+
+
+def q_sample(x0, t, schedule, noise, out, noise_out=None, stream=None):
+    if noise is not None:
+        _run_linear("q_sample", x0, noise, t, schedule, out)
+        return
+    signal, noise_scale = _coefficients.linear("q_sample", schedule, np.atleast_1d(t))
+    zero = np.zeros_like(signal)
+    _run_step(x0, x0, t, (zero, zero, zero, signal, zero, noise_scale), None, out, None, None, stream, noise_out)
+
+
+# The linear ops, each (u, w, t, schedule, out) in its public argument order:
+# q_posterior (the mean), predict_x0, predict_eps, predict_v, v_to_x0, v_to_eps,
+# posterior_mean_from_eps.
+for _op in _coefficients.LINEAR:
+    if _op != "q_sample":
+        globals()[_op] = functools.partial(_run_linear, _op)
+
+
+def ddpm_step(model_output, xt, t, schedule, out, x0_out, noise, stream, prediction, clip, variance):
+    coefficients = _coefficients.ddpm(schedule, t, prediction, variance)
+    _run_step(xt, model_output, t, coefficients, clip, out, x0_out, noise, stream)
+
+
+def ddim_step(model_output, xt, t, t_prev, schedule, out, x0_out, noise, stream, eta, prediction, clip):
+    coefficients = _coefficients.ddim(schedule, t, t_prev, eta, prediction)
+    _run_step(xt, model_output, t, coefficients, clip, out, x0_out, noise, stream)

@@ -1,0 +1,84 @@
+"""Per-timestep coefficients of the diffusion ops, as the compiled kernels consume them.
+
+Every linear op is out = a[t] u + b[t] w; the sampling steps are
+
+    x0  = clamp(ax u + am m, clip)          u = x_t, m = model output
+    out = k0 x0 + kx u + km m + ks z        z = noise (no term where ks = 0)
+
+All tables are float64 from the schedule; kernels cast them to the output dtype. The
+NumPy reference does not use this module: it evaluates each op from its formula, and
+the tests hold the kernels to it.
+"""
+
+import numpy as np
+
+# (a, b) tables of the linear ops; the argument order (u, w) is the op's.
+LINEAR = {
+    "q_sample": lambda s: (s.sqrt_alphas_cumprod, s.sqrt_one_minus_alphas_cumprod),  # (x0, eps)
+    "q_posterior": lambda s: (s.posterior_mean_coef1, s.posterior_mean_coef2),  # (x0, x_t)
+    "predict_x0": lambda s: (1 / s.sqrt_alphas_cumprod, -s.sqrt_one_minus_alphas_cumprod / s.sqrt_alphas_cumprod),  # (x_t, eps)
+    "predict_eps": lambda s: (1 / s.sqrt_one_minus_alphas_cumprod, -s.sqrt_alphas_cumprod / s.sqrt_one_minus_alphas_cumprod),  # (x_t, x0)
+    "predict_v": lambda s: (-s.sqrt_one_minus_alphas_cumprod, s.sqrt_alphas_cumprod),  # (x0, eps)
+    "v_to_x0": lambda s: (s.sqrt_alphas_cumprod, -s.sqrt_one_minus_alphas_cumprod),  # (x_t, v)
+    "v_to_eps": lambda s: (s.sqrt_one_minus_alphas_cumprod, s.sqrt_alphas_cumprod),  # (x_t, v)
+    "posterior_mean_from_eps": lambda s: (
+        1 / np.sqrt(s.alphas),
+        -s.betas / (s.sqrt_one_minus_alphas_cumprod * np.sqrt(s.alphas)),
+    ),  # (x_t, eps)
+}
+
+
+def linear(op, schedule, t):
+    """(a[t], b[t]) of a linear op, float64; inf where the formula divides by zero."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a, b = LINEAR[op](schedule)
+    return a[t], b[t]
+
+
+def _x0_from_model(prediction, abar):
+    """(ax, am): x0 = ax x_t + am m for the model's parameterization."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if prediction == "epsilon":
+            return 1 / np.sqrt(abar), -np.sqrt(1 - abar) / np.sqrt(abar)
+        if prediction == "sample":
+            return np.zeros_like(abar), np.ones_like(abar)
+        return np.sqrt(abar), -np.sqrt(1 - abar)  # v
+
+
+def _eps_from_model(prediction, abar):
+    """(ex, em): eps = ex x_t + em m for the model's parameterization."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if prediction == "epsilon":
+            return np.zeros_like(abar), np.ones_like(abar)
+        if prediction == "sample":
+            return 1 / np.sqrt(1 - abar), -np.sqrt(abar) / np.sqrt(1 - abar)
+        return np.sqrt(1 - abar), np.sqrt(abar)  # v
+
+
+def ddpm(schedule, t, prediction, variance):
+    """(ax, am, k0, kx, km, ks) for x_{t-1} = posterior mean(x0_hat, x_t) + sqrt(var_t) z."""
+    t = np.atleast_1d(t)
+    ax, am = _x0_from_model(prediction, schedule.alphas_cumprod[t])
+    k0, kx = schedule.posterior_mean_coef1[t], schedule.posterior_mean_coef2[t]
+    var = np.maximum(schedule.posterior_variance[t], 1e-20) if variance == "small" else schedule.betas[t]
+    ks = np.where(t > 0, np.sqrt(var), 0.0)  # no noise at t = 0
+    return ax, am, k0, kx, np.zeros_like(k0), ks
+
+
+def ddim_sigma(schedule, t, t_prev, eta):
+    """sigma_t = eta sqrt((1 - abar_prev) / (1 - abar_t) (1 - abar_t / abar_prev)), and abar_prev."""
+    t, t_prev = np.atleast_1d(t), np.atleast_1d(t_prev)
+    abar = schedule.alphas_cumprod[t]
+    abar_prev = np.where(t_prev >= 0, schedule.alphas_cumprod[np.maximum(t_prev, 0)], 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sigma = eta * np.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
+    return sigma, abar, abar_prev
+
+
+def ddim(schedule, t, t_prev, eta, prediction):
+    """(ax, am, k0, kx, km, ks) for x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps_hat + sigma z."""
+    sigma, abar, abar_prev = ddim_sigma(schedule, t, t_prev, eta)
+    ax, am = _x0_from_model(prediction, abar)
+    ex, em = _eps_from_model(prediction, abar)
+    direction = np.sqrt(1 - abar_prev - sigma**2)
+    return ax, am, np.sqrt(abar_prev), direction * ex, direction * em, sigma
