@@ -510,3 +510,19 @@ def test_generated_forward_process_statistics(t):
     assert abs(xt.mean() - math.sqrt(abar) * -0.7) < 5 * math.sqrt((1 - abar) / n)
     assert abs(xt.var() - (1 - abar)) < 5 * (1 - abar) * math.sqrt(2 / n)
     assert stats.kstest((xt - math.sqrt(abar) * -0.7) / math.sqrt(1 - abar), "norm").pvalue > 1e-3
+
+
+@pytest.mark.skipif(not CUDA_USABLE, reason="cuda backend not usable")
+def test_generator_on_the_gpu():
+    from numba import cuda
+
+    rng, twin = fastgauss.default_rng(12), fastgauss.default_rng(12)
+    out = cuda.device_array((5, 7), np.float32)
+    assert rng.standard_normal(dtype=np.float32, out=out, backend="cuda") is out
+    np.testing.assert_array_equal(out.copy_to_host(), twin.standard_normal((5, 7), dtype=np.float32, backend="cuda").copy_to_host())
+    shifted = rng.normal(3.0, 2.0, size=(4,), backend="cuda").copy_to_host()
+    expected = 3.0 + 2.0 * twin.standard_normal(4, backend="cuda").copy_to_host()
+    np.testing.assert_allclose(shifted, expected, rtol=1e-15)
+    with pytest.raises(TypeError, match="loc"):
+        rng.normal(np.zeros(3), 1.0, backend="cuda")
+    assert isinstance(rng.standard_normal(backend="cuda"), float)
