@@ -29,12 +29,13 @@ def _cpu_parallel_copy():
     return _parallel_copy
 
 
-def best_time(fn, repeats, min_seconds=0.0, synchronize=None, max_seconds=None):
+def best_time(fn, repeats, min_seconds=0.0, synchronize=None, max_seconds=None, warm_up=True):
     """Best wall time of ``fn()`` over ``repeats`` runs (more while under ``min_seconds``;
     fewer, but at least one, once ``max_seconds`` are spent)."""
-    fn()  # warm-up: compilation and first-touch page faults stay out of the numbers
-    if synchronize:
-        synchronize()
+    if warm_up:  # compilation and first-touch page faults stay out of the numbers
+        fn()
+        if synchronize:
+            synchronize()
     best, spent, runs = float("inf"), 0.0, 0
     while runs < repeats or spent < min_seconds:
         start = time.perf_counter()
