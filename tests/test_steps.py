@@ -218,6 +218,17 @@ def test_generated_noise_equals_standard_normal(backend, op, dtype):
     assert rng.state == twin.state
 
 
+def test_mixed_dtypes_follow_result_type(backend):
+    m, xt, z = inputs((2, 9), np.float64, seed=9)
+    z32 = z.astype(np.float32)
+    got = run(fastgauss.ddpm_step, backend, m, xt, np.array([3, 700]), LINEAR, noise=z32)
+    assert got.dtype == np.float64
+    expected = fastgauss.ddpm_step(m, xt, np.array([3, 700]), LINEAR, noise=z32.astype(np.float64), backend="numpy")
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    xt32 = run(fastgauss.ddim_step, backend, m.astype(np.float32), xt.astype(np.float32), 500, 480, LINEAR)
+    assert xt32.dtype == np.float32
+
+
 def test_no_noise_at_t_zero():
     m, xt, _ = inputs((2, 50), np.float64, seed=6)
     nan_noise = np.full((2, 50), np.nan)

@@ -87,7 +87,9 @@ def _run_step(xt, model, t, coefficients, clip, out, x0_out, noise, stream, nois
     rows = row_count(t)
     coefficients = tuple(np.ascontiguousarray(c, out.dtype) for c in coefficients)
     if noise is not None:
-        mode, noise_flat = GIVEN_NOISE, as_rows(noise, 1)[0]
+        # the kernel reads given noise and its own buffer alike: one dtype (a rare
+        # mixed-dtype call pays a converted copy)
+        mode, noise_flat = GIVEN_NOISE, as_rows(noise, 1)[0].astype(out.dtype, copy=False)
     else:
         mode, noise_flat = (GENERATED_NOISE if stream is not None else NO_NOISE), np.empty(1, out.dtype)
     state = words(*stream) if stream is not None else words(0, 0)
