@@ -15,7 +15,7 @@ import sys
 def main(path):
     with open(path) as f:
         data = json.load(f)
-    rows, copy = {}, {}
+    rows, copy, notes = {}, {}, []
     for bench in data["benchmarks"]:
         info, best = bench["extra_info"], bench["stats"]["min"]
         if bench["group"].startswith("copy"):
@@ -23,6 +23,9 @@ def main(path):
             copy[key] = max(copy.get(key, 0.0), info["bytes"] / best)
             continue
         rows.setdefault(bench["group"], {})[info["backend"]] = (best, info["bytes"], info["dtype"])
+        for key, value in info.items():  # accuracy notes some benchmarks record (bench_kl.py)
+            if key.startswith("max relative deviation"):
+                notes.append(f"{bench['group']}, {info['backend']}: {key} {value:.1e}")
     machine = data.get("machine_info", {})
     print(f"Machine: {machine.get('cpu', {}).get('brand_raw', '?')}, {machine.get('cpu', {}).get('count', '?')} cores, "
           f"Python {machine.get('python_version', '?')}; run {data.get('datetime', '?')[:19]}")
@@ -30,9 +33,12 @@ def main(path):
     print()
     print("| benchmark | backend | best ms | speedup vs numpy | GB/s | of copy bandwidth |")
     print("|---|---|---:|---:|---:|---:|")
+    baselines = {}  # other NumPy ways a group times next to the reference, e.g. "numpy-float32"
     for group, by_backend in rows.items():
         numpy_time = by_backend.get("numpy", (None,))[0]
-        for backend in ("numpy", "cpu", "cuda"):
+        extra = sorted(b for b in by_backend if b not in ("numpy", "cpu", "cuda"))
+        baselines.update({(group, b): by_backend[b][0] for b in extra})
+        for backend in ("numpy", *extra, "cpu", "cuda"):
             if backend not in by_backend:
                 continue
             best, nbytes, dtype = by_backend[backend]
@@ -41,6 +47,15 @@ def main(path):
             rate = nbytes / best
             floor = f"{rate / reference:.0%}" if reference else "-"
             print(f"| {group} | {backend} | {best * 1e3:.2f} | {speedup} | {rate / 1e9:.1f} | {floor} |")
+    if baselines:
+        print()
+        for (group, baseline), seconds in baselines.items():
+            compiled = [f"{b} {seconds / rows[group][b][0]:.1f}x" for b in ("cpu", "cuda") if b in rows[group]]
+            print(f"- {group}: speedup over {baseline}: {', '.join(compiled) or '-'}")
+    if notes:
+        print()
+        for note in notes:
+            print(f"- {note}")
 
 
 if __name__ == "__main__":

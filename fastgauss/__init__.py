@@ -20,6 +20,7 @@ from fastgauss.diffusion import (
     v_to_eps,
     v_to_x0,
 )
+from fastgauss.kl import discretized_gaussian_log_likelihood, normal_kl, normal_logpdf
 from fastgauss.random import Generator, default_rng
 from fastgauss.schedules import NoiseSchedule
 
@@ -42,6 +43,9 @@ __all__ = [
     "posterior_mean_from_eps",
     "ddpm_step",
     "ddim_step",
+    "normal_kl",
+    "normal_logpdf",
+    "discretized_gaussian_log_likelihood",
     "set_backend",
     "use_backend",
 ]

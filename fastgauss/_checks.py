@@ -209,3 +209,47 @@ def _same_layout(a, b):
     if _is_simulator_array(a):
         return _same_layout(a._ary, b._ary)
     return _cai_layout(a) == _cai_layout(b) and shape_dtype(a)[1] == shape_dtype(b)[1]
+
+
+def broadcast_shape(**shapes):
+    """The shape that arguments of these shapes broadcast to, by NumPy's rules.
+
+    ``shapes`` maps argument names to shapes (a Python scalar has shape ()). Shapes that
+    do not broadcast are a ValueError naming every argument with its shape.
+    """
+    try:
+        return tuple(np.broadcast_shapes(*(tuple(s) for s in shapes.values())))
+    except ValueError:
+        described = ", ".join(f"{name} {tuple(s)}" for name, s in shapes.items())
+        raise ValueError(f"shapes do not broadcast together: {described}") from None
+
+
+def broadcast_kind(shape, full_shape):
+    """How an argument of ``shape`` broadcasts to ``full_shape``, seen as (rows, width)
+    with rows = full_shape[0] (1 for a 0-d full shape) and width the product of the rest.
+
+    Returns ("row", n) when every axis but the first is 1 (one value per row, n = rows;
+    or one value for all, n = 1: shapes (B, 1, ..., 1), (1,), ()), ("full", n) when the
+    trailing axes are full_shape's (n = rows, or 1 for one row shared by all), and
+    ("other", None) for any other broadcast (e.g. one value per channel).
+    """
+    shape, full_shape = tuple(shape), tuple(full_shape)
+    if not full_shape:
+        return "row", 1
+    padded = (1,) * (len(full_shape) - len(shape)) + shape
+    if all(n == 1 for n in padded[1:]):
+        return "row", padded[0]
+    if padded[1:] == full_shape[1:]:
+        return "full", padded[0]
+    return "other", None
+
+
+def one_row(shapes, full_shape):
+    """True when every argument (by shape) is a full tensor of ``full_shape`` or a single value:
+    an elementwise op may then see all of them as one row of size(full_shape) elements."""
+    rows = full_shape[0] if full_shape else 1
+    for shape in shapes:
+        kind, lead = broadcast_kind(shape, full_shape)
+        if size(shape) != 1 and not (kind == "full" and lead == rows):
+            return False
+    return True

@@ -37,6 +37,9 @@ OPS = {
     "philox4x32_10": "random",
     "standard_normal": "random",
     "random": "random",
+    "normal_kl": "kl",
+    "normal_logpdf": "kl",
+    "discretized_gaussian_log_likelihood": "kl",
 }
 
 ENV_VAR = "FASTGAUSS_BACKEND"

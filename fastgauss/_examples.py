@@ -14,6 +14,7 @@ import numpy as np
 
 from fastgauss import diffusion
 from fastgauss.diffusion import q_sample
+from fastgauss.kl import discretized_gaussian_log_likelihood, normal_kl, normal_logpdf
 from fastgauss.random import default_rng, philox4x32_10
 from fastgauss.schedules import NoiseSchedule
 
@@ -102,6 +103,61 @@ def _philox(shape, dtype, rng):
     return [Call("raw blocks", philox4x32_10, (counters, keys), {}, benchmark=True)]
 
 
+# The KL family on image-shaped data; reduce="mean" (per-sample, fused) is benchmarked.
+
+
+def _per_sample(shape, dtype, rng, scale=1.0):
+    """One value per sample: shape (B, 1, ..., 1)."""
+    return (scale * rng.standard_normal((shape[0],) + (1,) * (len(shape) - 1))).astype(dtype)
+
+
+def _per_channel(shape, dtype, rng):
+    """A broadcast that is not per sample: shape (1, C, 1, ...) (needs two axes)."""
+    return rng.standard_normal((1, shape[1]) + (1,) * (len(shape) - 2)).astype(dtype) if len(shape) >= 2 else None
+
+
+def _normal_kl(shape, dtype, rng):
+    mean1, logvar1, mean2, logvar2 = (rng.standard_normal(shape, dtype=dtype) for _ in range(4))
+    per_channel = _per_channel(shape, dtype, rng)
+    calls = [
+        Call("reduce=mean, full tensors", normal_kl, (mean1, logvar1, mean2, logvar2), {"reduce": "mean"}, benchmark=True),
+        Call(
+            "reduce=mean, per-sample logvars", normal_kl,
+            (mean1, _per_sample(shape, dtype, rng), mean2, _per_sample(shape, dtype, rng)), {"reduce": "mean"}, benchmark=True,
+        ),
+        Call("elementwise", normal_kl, (mean1, logvar1, mean2, logvar2), {}),
+        Call("reduce=sum, standard normal prior", normal_kl, (mean1, logvar1, 0.0, 0.0), {"reduce": "sum"}),
+    ]
+    if per_channel is not None:
+        calls.append(Call("elementwise, per-channel logvar2", normal_kl, (mean1, logvar1, mean2, per_channel), {}))
+    return calls
+
+
+def _normal_logpdf(shape, dtype, rng):
+    x, mean, logvar = (rng.standard_normal(shape, dtype=dtype) for _ in range(3))
+    return [
+        Call("reduce=sum, full tensors", normal_logpdf, (x, mean, logvar), {"reduce": "sum"}, benchmark=True),
+        Call("elementwise, per-sample logvar", normal_logpdf, (x, mean, _per_sample(shape, dtype, rng)), {}),
+        Call("reduce=mean, standard normal", normal_logpdf, (x, 0.0, 0.0), {"reduce": "mean"}),
+    ]
+
+
+def _discretized(shape, dtype, rng):
+    """8-bit image data in [-1, 1], log-scales around log(0.05), decoder means within a few
+    tenths of a standard deviation of x: bins of probability >~ 1e-3, where the literal
+    float64 formula of the reference is itself accurate to ~1e-13 (in the far tails it
+    loses eps / p; the compiled backends do not, see tests/test_kl.py)."""
+    x = (np.round(rng.uniform(-1, 1, shape) * 127.5) / 127.5).astype(dtype)
+    log_scales = (np.log(0.05) + 0.2 * rng.standard_normal(shape)).astype(dtype)
+    means = (x + 0.5 * np.exp(log_scales) * rng.standard_normal(shape)).astype(dtype)
+    per_sample = (np.log(0.05) + _per_sample(shape, dtype, rng, 0.2)).astype(dtype)
+    return [
+        Call("reduce=mean, full tensors", discretized_gaussian_log_likelihood, (x, means, log_scales), {"reduce": "mean"}, benchmark=True),
+        Call("elementwise, per-sample log_scales", discretized_gaussian_log_likelihood, (x, means, per_sample), {}),
+        Call("bins=15, reduce=sum", discretized_gaussian_log_likelihood, (x, means, log_scales), {"reduce": "sum", "bins": 15}),
+    ]
+
+
 EXAMPLES = {
     "q_sample": _q_sample,
     "q_posterior": _linear("q_posterior", "u_w_t", False),
@@ -116,4 +172,7 @@ EXAMPLES = {
     "philox4x32_10": _philox,
     "standard_normal": _generator_method("standard_normal"),
     "random": _generator_method("random"),
+    "normal_kl": _normal_kl,
+    "normal_logpdf": _normal_logpdf,
+    "discretized_gaussian_log_likelihood": _discretized,
 }

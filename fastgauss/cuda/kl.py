@@ -1,0 +1,220 @@
+"""CUDA kernels for the KL family.
+
+Every argument is a 2-D (rows or 1, width or 1) Numba device view (``operand``): a full
+tensor (rows, width), a per-sample value (rows, 1), a value shared by all rows
+(1, width) or a scalar (1, 1); ``load`` reads element (r, j) with the broadcast axes
+pinned to 0, so no broadcast is materialized (other broadcasts, and dtype changes, are
+materialized once on the device by ``_gather``). Scalars travel as (1, 1) device arrays.
+
+Elementwise: a 2-D grid, blockIdx.y over rows, a grid-stride loop over the row.
+Reductions run in one pass over the data: each thread adds its elements in float64,
+each block sums its threads by a fixed tree in shared memory and writes one partial to
+a small (rows, blocks) array, and a tiny second kernel adds each row's partials in
+block order. The thread -> element assignment depends only on the shape (the grid is
+a function of the width), so results are identical run to run.
+"""
+
+import math
+
+import numpy as np
+from numba import cuda, float64
+
+from fastgauss import _checks, _device
+from fastgauss._device import kl as _kl
+from fastgauss.cuda import THREADS, _numba_view, as_flat, grid
+
+_d = _device.compile_for(cuda.jit(device=True), _kl)
+_normal_kl = _d.normal_kl
+_normal_logpdf = _d.normal_logpdf
+_discretized = _d.discretized_gaussian_log_likelihood
+
+
+@cuda.jit(device=True)
+def load(a, r, j):
+    """Element (r, j) of a (rows or 1, width or 1) operand."""
+    return a[r if a.shape[0] > 1 else 0, j if a.shape[1] > 1 else 0]
+
+
+@cuda.jit(device=True)
+def block_sum(shared, value):
+    """The sum of ``value`` over the block's threads, by a fixed tree; every thread gets it."""
+    t = cuda.threadIdx.x
+    shared[t] = value
+    cuda.syncthreads()
+    step = THREADS // 2
+    while step > 0:
+        if t < step:
+            shared[t] += shared[t + step]
+        cuda.syncthreads()
+        step //= 2
+    total = shared[0]
+    cuda.syncthreads()  # shared is reused for the next row
+    return total
+
+
+@cuda.jit(cache=True)
+def _combine(partials, width, mean, out):
+    """out[r] = the sum (or mean) of row r's block partials, added in block order."""
+    for r in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        total = 0.0
+        for k in range(partials.shape[1]):
+            total += partials[r, k]
+        out[r] = total / width if mean else total
+
+
+@cuda.jit(cache=True)
+def _normal_kl_rows(mean1, logvar1, mean2, logvar2, c, out):
+    rows, width = out.shape
+    for r in range(cuda.blockIdx.y, rows, cuda.gridDim.y):
+        for j in range(cuda.grid(1), width, cuda.gridsize(1)):
+            out[r, j] = _normal_kl(load(mean1, r, j), load(logvar1, r, j), load(mean2, r, j), load(logvar2, r, j), c)
+
+
+@cuda.jit(cache=True)
+def _normal_kl_partials(mean1, logvar1, mean2, logvar2, c, width, partials):
+    shared = cuda.shared.array(THREADS, float64)
+    for r in range(cuda.blockIdx.y, partials.shape[0], cuda.gridDim.y):
+        total = 0.0
+        for j in range(cuda.grid(1), width, cuda.gridsize(1)):
+            total += _normal_kl(load(mean1, r, j), load(logvar1, r, j), load(mean2, r, j), load(logvar2, r, j), c)
+        total = block_sum(shared, total)
+        if cuda.threadIdx.x == 0:
+            partials[r, cuda.blockIdx.x] = total
+
+
+@cuda.jit(cache=True)
+def _normal_logpdf_rows(x, mean, logvar, c, out):
+    rows, width = out.shape
+    for r in range(cuda.blockIdx.y, rows, cuda.gridDim.y):
+        for j in range(cuda.grid(1), width, cuda.gridsize(1)):
+            out[r, j] = _normal_logpdf(load(x, r, j), load(mean, r, j), load(logvar, r, j), c)
+
+
+@cuda.jit(cache=True)
+def _normal_logpdf_partials(x, mean, logvar, c, width, partials):
+    shared = cuda.shared.array(THREADS, float64)
+    for r in range(cuda.blockIdx.y, partials.shape[0], cuda.gridDim.y):
+        total = 0.0
+        for j in range(cuda.grid(1), width, cuda.gridsize(1)):
+            total += _normal_logpdf(load(x, r, j), load(mean, r, j), load(logvar, r, j), c)
+        total = block_sum(shared, total)
+        if cuda.threadIdx.x == 0:
+            partials[r, cuda.blockIdx.x] = total
+
+
+@cuda.jit(cache=True)
+def _discretized_rows(x, means, log_scales, half_bin, c, out):
+    rows, width = out.shape
+    for r in range(cuda.blockIdx.y, rows, cuda.gridDim.y):
+        for j in range(cuda.grid(1), width, cuda.gridsize(1)):
+            out[r, j] = _discretized(load(x, r, j), load(means, r, j), load(log_scales, r, j), half_bin, c)
+
+
+@cuda.jit(cache=True)
+def _discretized_partials(x, means, log_scales, half_bin, c, width, partials):
+    shared = cuda.shared.array(THREADS, float64)
+    for r in range(cuda.blockIdx.y, partials.shape[0], cuda.gridDim.y):
+        total = 0.0
+        for j in range(cuda.grid(1), width, cuda.gridsize(1)):
+            total += _discretized(load(x, r, j), load(means, r, j), load(log_scales, r, j), half_bin, c)
+        total = block_sum(shared, total)
+        if cuda.threadIdx.x == 0:
+            partials[r, cuda.blockIdx.x] = total
+
+
+@cuda.jit(cache=True)
+def _gather(source, strides, shape, out):
+    """out (flat, C order over ``shape``) = source broadcast to ``shape``: element strides
+    of the C-contiguous source, 0 along broadcast axes; converts to out's dtype."""
+    for e in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        rest = e
+        offset = 0
+        for k in range(shape.size - 1, -1, -1):
+            offset += (rest % shape[k]) * strides[k]
+            rest //= shape[k]
+        out[e] = source[offset]
+
+
+# --- host side ------------------------------------------------------------------------
+
+
+def _materialize(name, a, shape, target_shape, dtype):
+    """``a`` broadcast to ``shape`` (on the device, converted to ``dtype``), viewed as target_shape."""
+    source = as_flat(name, a)
+    padded = (1,) * (len(shape) - len(a.shape)) + tuple(a.shape)
+    strides, step = [], 1
+    for n in reversed(padded):
+        strides.insert(0, 0 if n == 1 else step)
+        step *= n
+    count = _checks.size(shape)
+    out = cuda.device_array(count, dtype)
+    blocks = max(1, min(-(-count // THREADS), 4096))
+    _gather[blocks, THREADS](
+        source, cuda.to_device(np.array(strides or [0], np.int64)), cuda.to_device(np.array(shape or (1,), np.int64)), out
+    )
+    return out.reshape(target_shape)
+
+
+def _is_scalar(a):
+    return isinstance(a, (int, float, np.generic))
+
+
+def _shape(a):
+    return () if _is_scalar(a) else tuple(_checks.shape_dtype(a)[0])
+
+
+def operand(name, a, shape, rows, width, dtype):
+    """An argument as a (rows or 1, width or 1) device array of ``dtype`` (see the module docstring)."""
+    if _is_scalar(a):
+        return cuda.to_device(np.full((1, 1), a, dtype))
+    view = _numba_view(a)
+    kind, lead = _checks.broadcast_kind(view.shape, shape)
+    target = {"row": (lead, 1), "full": (lead, width)}.get(kind, (rows, width))
+    if kind == "other" or view.dtype != dtype:
+        own_shape = shape if kind == "other" else tuple(view.shape)
+        return _materialize(name, view, own_shape, target, dtype)
+    return as_flat(name, view).reshape(target)
+
+
+def _run(names, kernels, arrays, extra, shape, reduce, out):
+    rows_kernel, partials_kernel = kernels
+    dtype = _checks.shape_dtype(out)[1]
+    rows = shape[0] if len(shape) else 1
+    width = _checks.size(shape[1:])
+    if rows == 0:
+        return
+    out_view = _numba_view(out)
+    if reduce is not None and width == 0:
+        as_flat("out", out_view).copy_to_device(np.full(rows, 0.0 if reduce == "sum" else math.nan, dtype))
+        return
+    if width == 0:
+        return
+    if reduce is None and rows > 1 and _checks.one_row([_shape(a) for a in arrays], shape):
+        # Elementwise over full tensors and scalars: one long row, so narrow rows (B, 3) keep the GPU busy.
+        arrays = [a if _is_scalar(a) else as_flat(n, _numba_view(a)).reshape(1, -1) for n, a in zip(names, arrays)]
+        rows, width, shape = 1, rows * width, (1, rows * width)
+    operands = [operand(n, a, shape, rows, width, dtype) for n, a in zip(names, arrays)]
+    c = _kl.constants(dtype)
+    blocks, threads = grid(rows, width)
+    if reduce is None:
+        rows_kernel[blocks, threads](*operands, *extra, c, as_flat("out", out_view).reshape(rows, width))
+        return
+    partials = cuda.device_array((rows, blocks[0]), np.float64)
+    partials_kernel[blocks, threads](*operands, *extra, c, width, partials)
+    _combine[max(1, min(-(-rows // THREADS), 4096)), THREADS](partials, width, reduce == "mean", as_flat("out", out_view))
+
+
+def normal_kl(mean1, logvar1, mean2, logvar2, shape, reduce, out):
+    _run(("mean1", "logvar1", "mean2", "logvar2"), (_normal_kl_rows, _normal_kl_partials), (mean1, logvar1, mean2, logvar2), (), shape, reduce, out)
+
+
+def normal_logpdf(x, mean, logvar, shape, reduce, out):
+    _run(("x", "mean", "logvar"), (_normal_logpdf_rows, _normal_logpdf_partials), (x, mean, logvar), (), shape, reduce, out)
+
+
+def discretized_gaussian_log_likelihood(x, means, log_scales, bins, shape, reduce, out):
+    half_bin = np.dtype(_checks.shape_dtype(out)[1]).type(1.0 / bins)
+    _run(
+        ("x", "means", "log_scales"), (_discretized_rows, _discretized_partials), (x, means, log_scales), (half_bin,),
+        shape, reduce, out,
+    )
