@@ -21,6 +21,7 @@ from fastgauss.diffusion import (
     v_to_x0,
 )
 from fastgauss.kl import discretized_gaussian_log_likelihood, normal_kl, normal_logpdf
+from fastgauss.mvn import cholesky, mvn_kl, mvn_logpdf, mvn_sample
 from fastgauss.random import Generator, default_rng
 from fastgauss.schedules import NoiseSchedule
 
@@ -43,6 +44,10 @@ __all__ = [
     "posterior_mean_from_eps",
     "ddpm_step",
     "ddim_step",
+    "cholesky",
+    "mvn_sample",
+    "mvn_logpdf",
+    "mvn_kl",
     "normal_kl",
     "normal_logpdf",
     "discretized_gaussian_log_likelihood",

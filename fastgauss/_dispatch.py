@@ -40,6 +40,10 @@ OPS = {
     "normal_kl": "kl",
     "normal_logpdf": "kl",
     "discretized_gaussian_log_likelihood": "kl",
+    "cholesky": "mvn",
+    "mvn_sample": "mvn",
+    "mvn_logpdf": "mvn",
+    "mvn_kl": "mvn",
 }
 
 ENV_VAR = "FASTGAUSS_BACKEND"

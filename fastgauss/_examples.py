@@ -15,6 +15,7 @@ import numpy as np
 from fastgauss import diffusion
 from fastgauss.diffusion import q_sample
 from fastgauss.kl import discretized_gaussian_log_likelihood, normal_kl, normal_logpdf
+from fastgauss.mvn import cholesky, mvn_kl, mvn_logpdf, mvn_sample
 from fastgauss.random import default_rng, philox4x32_10
 from fastgauss.schedules import NoiseSchedule
 
@@ -103,6 +104,70 @@ def _philox(shape, dtype, rng):
     return [Call("raw blocks", philox4x32_10, (counters, keys), {}, benchmark=True)]
 
 
+# Multivariate normals: the shape is read as a count of 4 x 4 covariances (prod(shape) / 16),
+# so the check shape gives 192 matrices and the benchmark shape 786,432.
+MVN_D = 4
+
+
+def _mvn_inputs(shape, dtype, rng):
+    count = max(1, int(np.prod(shape)) // (MVN_D * MVN_D))
+    a = rng.standard_normal((count, MVN_D, MVN_D))
+    cov = (a @ a.swapaxes(-1, -2) / MVN_D + 0.5 * np.eye(MVN_D)).astype(dtype)
+    mean = rng.standard_normal((count, MVN_D)).astype(dtype)
+    return count, mean, cov
+
+
+def _cholesky(shape, dtype, rng):
+    count, _, cov = _mvn_inputs(shape, dtype, rng)
+
+    def upper(a, backend=None):
+        return cholesky(a, upper=True, backend=backend)
+
+    return [
+        Call(f"{count} 4x4", cholesky, (cov,), {}, benchmark=True),
+        Call("upper=True, 3x3", upper, (np.ascontiguousarray(cov[:5, :3, :3]),), {}),
+    ]
+
+
+def _mvn_sample(shape, dtype, rng):
+    count, mean, cov = _mvn_inputs(shape, dtype, rng)
+    noise = rng.standard_normal((2, count, MVN_D)).astype(dtype)
+    scale_tril = np.linalg.cholesky(cov[:3].astype(np.float64)).astype(dtype)
+
+    def generated(mean, cov, backend=None):
+        return mvn_sample(mean, cov, rng=SEED, backend=backend)
+
+    def given(mean, cov, noise, backend=None):
+        return mvn_sample(mean, cov, noise=noise, backend=backend)
+
+    def shared(mean, scale_tril, backend=None):
+        return mvn_sample(mean, scale_tril=scale_tril, size=(2, 5), rng=SEED, backend=backend)
+
+    return [
+        Call(f"{count} 4x4, noise drawn", generated, (mean, cov), {}, benchmark=True),
+        Call("given noise, 2 samples", given, (mean, cov, noise), {}),
+        Call("scale_tril, size (2, 5)", shared, (mean[0], scale_tril), {}),
+    ]
+
+
+def _mvn_logpdf(shape, dtype, rng):
+    count, mean, cov = _mvn_inputs(shape, dtype, rng)
+    x = rng.standard_normal((count, MVN_D)).astype(dtype)
+    return [
+        Call(f"{count} 4x4", mvn_logpdf, (x, mean, cov), {}, benchmark=True),
+        Call("one cov, many x", mvn_logpdf, (x, mean[0], cov[0]), {}),
+    ]
+
+
+def _mvn_kl(shape, dtype, rng):
+    count, mean, cov = _mvn_inputs(shape, dtype, rng)
+    _, mean2, cov2 = _mvn_inputs(shape, dtype, rng)
+    return [
+        Call(f"{count} 4x4 pairs", mvn_kl, (mean, cov, mean2, cov2), {}, benchmark=True),
+        Call("against one", mvn_kl, (mean, cov, mean2[0], cov2[0]), {}),
+    ]
+
+
 # The KL family on image-shaped data; reduce="mean" (per-sample, fused) is benchmarked.
 
 
@@ -175,4 +240,8 @@ EXAMPLES = {
     "normal_kl": _normal_kl,
     "normal_logpdf": _normal_logpdf,
     "discretized_gaussian_log_likelihood": _discretized,
+    "cholesky": _cholesky,
+    "mvn_sample": _mvn_sample,
+    "mvn_logpdf": _mvn_logpdf,
+    "mvn_kl": _mvn_kl,
 }

@@ -157,6 +157,33 @@ class Generator:
         z += loc_array
         return float(z) if size is None and z.ndim == 0 else z
 
+    def multivariate_normal(self, mean, cov, size=None, check_valid="warn", tol=1e-8, *, method="cholesky", backend=None):
+        """Multivariate normal samples mean + L z, L L^T = cov (Cholesky), z from :meth:`standard_normal`.
+
+        NumPy's signature and shapes: mean (d,) and cov (d, d) give size + (d,) (size None:
+        (d,)); batched mean (..., d) and cov (..., d, d) broadcast as in
+        :func:`fastgauss.mvn_sample`, giving size + batch + (d,). This is
+        ``fastgauss.mvn_sample(mean, cov, size=size, rng=self)``: the same numbers, the
+        same stream use. The dtype is numpy.result_type(mean, cov) (float32 stays float32).
+
+        check_valid ("warn", "raise", "ignore"), for covariances that are not symmetric
+        positive semi-definite, as in NumPy: a covariance not close to its transpose
+        (``allclose(cov, cov.T, rtol=tol, atol=tol)``, checked in the kernel) warns with a
+        RuntimeWarning and is sampled from its lower triangle, or raises ValueError. A
+        covariance whose factorization fails is tested by NumPy's eigh criterion (an
+        eigenvalue below -tol): if it is not positive semi-definite, "raise" raises
+        ValueError and "warn" warns; in every case ``numpy.linalg.LinAlgError`` follows,
+        since method="cholesky" (the only method) needs positive-definite covariances.
+        These checks run with the sampling, so the generator has advanced when they raise.
+
+        >>> rng = fastgauss.default_rng(0)
+        >>> rng.multivariate_normal([0.0, 1.0], [[1.0, 0.5], [0.5, 2.0]], size=3).shape
+        (3, 2)
+        """
+        from fastgauss.mvn import multivariate_normal
+
+        return multivariate_normal(self, mean, cov, size, check_valid, tol, method, backend)
+
     def _fill(self, op, size, dtype, out, backend):
         name = resolve(backend, {"out": out})
         dtype = _sample_dtype(dtype, op)

@@ -1,0 +1,149 @@
+"""Small-matrix Gaussian algebra, as scalar functions both targets compile.
+
+Every function works on one matrix (or one vector) of a batch, addressed as
+``array[index, i, j]`` so the same source serves a work buffer (a per-thread local
+array on the GPU, a per-chunk buffer on the CPU, index 0) and a batched array in
+memory (index = batch index). Arithmetic is float64 whatever the storage dtype:
+float32 inputs are widened on load and the results rounded once on store.
+
+The factorization is Cholesky-Banachiewicz, row by row:
+
+    L_ij = (a_ij - sum_{k<j} L_ik L_jk) / L_jj    (j < i)
+    L_ii = sqrt(a_ii - sum_{k<i} L_ik^2)
+
+It reads only the lower triangle of ``a`` (the upper one when ``upper``), like
+LAPACK's potrf, and stops at the first pivot that is not > 0 (NaN included): the
+order of that leading minor is returned, 0 on success.
+"""
+
+import math
+
+import numpy as np
+
+NOT_SYMMETRIC = -1  # status of a matrix that factored but failed the symmetry check
+
+
+def operand_index(b, shape, strides, nd):
+    """Flat index into an operand's batch for flat output batch index ``b``.
+
+    ``shape`` (nd,) is the output batch shape, ``strides`` (nd,) the operand's
+    flat strides over it (0 on axes it broadcasts along).
+    """
+    index = 0
+    for k in range(nd - 1, 0, -1):
+        q = b // shape[k]
+        index += (b - q * shape[k]) * strides[k]
+        b = q
+    return index + b * strides[0]
+
+
+def factor(a, c, upper, tol, L, l, d):
+    """Cholesky factor of a[c] into the lower triangle of L[l] (float64); the strict upper
+    triangle of L[l] is left as it was.
+
+    Returns 0; or the order (1-based) of the first leading minor that is not positive
+    definite; or NOT_SYMMETRIC when tol >= 0 and a[c] is not close to its transpose,
+    ``numpy.allclose(a, a.T, rtol=tol, atol=tol)`` false, after a successful factorization.
+    """
+    symmetric = True
+    for i in range(d):
+        for j in range(i + 1):
+            if upper:
+                s = np.float64(a[c, j, i])
+            else:
+                s = np.float64(a[c, i, j])
+            if tol >= 0.0 and j < i:
+                mirror = np.float64(a[c, i, j]) if upper else np.float64(a[c, j, i])
+                # both orders of allclose: |x - y| <= tol + tol |y| and <= tol + tol |x|
+                if not abs(s - mirror) <= tol + tol * min(abs(s), abs(mirror)):
+                    symmetric = False
+            for k in range(j):
+                s -= L[l, i, k] * L[l, j, k]
+            if j < i:
+                L[l, i, j] = s / L[l, j, j]
+            elif s > 0.0:
+                L[l, i, i] = math.sqrt(s)
+            else:
+                return i + 1
+    return 0 if symmetric else NOT_SYMMETRIC
+
+
+def load_tril(src, c, L, l, d):
+    """L[l] = the lower triangle of src[c], in float64 (the strict upper triangle untouched)."""
+    for i in range(d):
+        for j in range(i + 1):
+            L[l, i, j] = np.float64(src[c, i, j])
+
+
+def store(L, l, d, upper, out, c):
+    """out[c] = L[l] with zeros above the diagonal (transposed when upper), rounded to out's dtype."""
+    for i in range(d):
+        for j in range(d):
+            value = L[l, i, j] if j <= i else 0.0
+            if upper:
+                out[c, j, i] = value
+            else:
+                out[c, i, j] = value
+
+
+def tril_apply(L, l, d, mean, m, eps, e0, out, o0):
+    """out[o0 + i] = mean[m, i] + sum_{j <= i} L[l, i, j] eps[e0 + j] for i < d.
+
+    Rows run from the last to the first, so ``out`` may be ``eps`` itself (row i reads
+    eps[e0 + j] for j <= i only, and rows above it are written later).
+    """
+    for r in range(d):
+        i = d - 1 - r
+        acc = 0.0
+        for j in range(i + 1):
+            acc += np.float64(L[l, i, j]) * np.float64(eps[e0 + j])
+        out[o0 + i] = np.float64(mean[m, i]) + acc
+
+
+def whiten(L, l, d, x, xi, mean, m, z, zl):
+    """Solve L[l] z = x[xi] - mean[m] by forward substitution into z[zl] (float64).
+
+    Returns (|z|^2, sum_i log L_ii): the squared Mahalanobis distance and half the
+    log-determinant of the covariance L L^T.
+    """
+    squared = 0.0
+    half_logdet = 0.0
+    for i in range(d):
+        s = np.float64(x[xi, i]) - np.float64(mean[m, i])
+        for j in range(i):
+            s -= np.float64(L[l, i, j]) * z[zl, j]
+        diagonal = np.float64(L[l, i, i])
+        zi = s / diagonal
+        z[zl, i] = zi
+        squared += zi * zi
+        half_logdet += math.log(diagonal)
+    return squared, half_logdet
+
+
+def kl(L1, l1, L2, l2, d, mean1, m1, mean2, m2, z, zl):
+    """KL(N(mean1, L1 L1^T) || N(mean2, L2 L2^T)) through triangular solves with L2.
+
+    0.5 (|L2^-1 L1|_F^2 + |L2^-1 (mean2 - mean1)|^2 - d) + sum_i (log L2_ii - log L1_ii).
+    Column j of L2^-1 L1 is the forward substitution of column j of L1, which is zero
+    above row j, so its first j entries are zero and the solve starts at row j.
+    """
+    trace = 0.0
+    for j in range(d):
+        for i in range(j, d):
+            s = np.float64(L1[l1, i, j])
+            for k in range(j, i):
+                s -= np.float64(L2[l2, i, k]) * z[zl, k]
+            zi = s / np.float64(L2[l2, i, i])
+            z[zl, i] = zi
+            trace += zi * zi
+    squared = 0.0
+    log_ratio = 0.0
+    for i in range(d):
+        s = np.float64(mean2[m2, i]) - np.float64(mean1[m1, i])
+        for k in range(i):
+            s -= np.float64(L2[l2, i, k]) * z[zl, k]
+        zi = s / np.float64(L2[l2, i, i])
+        z[zl, i] = zi
+        squared += zi * zi
+        log_ratio += math.log(np.float64(L2[l2, i, i])) - math.log(np.float64(L1[l1, i, i]))
+    return 0.5 * (trace + squared - d) + log_ratio

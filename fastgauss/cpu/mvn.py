@@ -1,0 +1,326 @@
+"""CPU kernels for the multivariate-normal ops: many small matrices, one prange item per chunk.
+
+Each chunk factors its matrices one by one into a small float64 buffer (L1-resident)
+and goes straight on to the work that needs the factor: the sample x = mean + L eps
+with eps drawn into a chunk buffer from the Philox stream (as q_sample does), the
+whitening of x - mean, or the KL terms. A covariance that several outputs share
+(a broadcast batch, or several samples of one distribution) is factored once first,
+into a float64 scratch the size of that covariance, and the kernels read the factor.
+
+For d >= LAPACK_MIN_D the factorization goes to LAPACK (numpy.linalg.cholesky): past
+that order its blocked, vectorized potrf beats one scalar factorization per matrix.
+The crossover is measured by benchmarks/bench_mvn.py (see benchmarks/README.md).
+"""
+
+import contextlib
+
+import numba
+import numpy as np
+
+from fastgauss import _device
+from fastgauss._device import mvn as _mvn
+from fastgauss.cpu import launch, rows_to_write
+from fastgauss.cpu.random import normal_part, words
+from fastgauss.mvn import NO_FAILURE, geometry, summarize
+
+_d = _device.compile_for(numba.njit(error_model="numpy", inline="always"), _mvn)
+_operand_index = _d.operand_index
+_factor = _d.factor
+_store = _d.store
+_load_tril = _d.load_tril
+_tril_apply = _d.tril_apply
+_whiten = _d.whiten
+_kl = _d.kl
+
+KERNEL = dict(error_model="numpy", cache=True)
+LAPACK_MIN_D = 64  # factor with LAPACK from this order up (crossover measured in benchmarks/README.md)
+MAX_PER_CHUNK = 1024  # matrices (or vectors) per parallel work item
+UNROLL_MAX_D = 8  # cholesky and mvn_sample compile one kernel per order up to this one (see dims)
+LOG_2PI = float(np.log(2 * np.pi))
+
+
+def dims(d):
+    """The ``dims`` argument of the kernels: a tuple of d zeros for d <= UNROLL_MAX_D, whose
+    type fixes d at compile time (one specialization per order: LLVM unrolls the loops over
+    the matrix, 2-2.5x faster for d <= 8), else () and d comes from the arrays at run time."""
+    return (0,) * d if d <= UNROLL_MAX_D else ()
+
+
+def per_chunk(count):
+    """Items per chunk: at most MAX_PER_CHUNK, enough chunks to balance the threads, a multiple
+    of 4 (so a chunk of vectors starts at a stream element that is a multiple of 4)."""
+    size = -(-count // (8 * numba.get_num_threads()))
+    size = min(MAX_PER_CHUNK, max(4, size))
+    return -(-size // 4) * 4
+
+
+# --- kernels ------------------------------------------------------------------------------
+
+
+@numba.njit(parallel=True, **KERNEL)
+def _cholesky(a, upper, tol, per_chunk, dims, out, status):
+    count = a.shape[0]
+    d = len(dims) if len(dims) else a.shape[1]
+    for chunk in numba.prange((count + per_chunk - 1) // per_chunk):
+        work = np.empty((1, d, d))
+        start = chunk * per_chunk
+        for c in range(start, min(start + per_chunk, count)):
+            code = _factor(a, c, upper, tol, work, 0, d)
+            status[c] = code
+            if code <= 0:
+                _store(work, 0, d, upper, out, c)
+
+
+@numba.njit(parallel=True, **KERNEL)
+def _sample(mean, mat, factor, tol, shape, mean_strides, mat_strides, nbatch, noise, generate, state, per_chunk, dims, out, status):
+    """out (flat, C order) = mean + L eps per vector; vector n has batch index n % nbatch.
+
+    factor: mat holds covariances, each used by exactly one vector, factored here;
+    else mat holds lower factors (loaded into the work buffer when they change).
+    generate: eps of vector n is stream elements n d .. n d + d - 1; else it is
+    noise[n d:(n + 1) d].
+    """
+    d = len(dims) if len(dims) else mean.shape[1]
+    n = out.size // d
+    nd = shape.size
+    for chunk in numba.prange((n + per_chunk - 1) // per_chunk):
+        first = chunk * per_chunk
+        count = min(per_chunk, n - first)
+        work = np.empty((1, d, d))
+        eps = np.empty(count * d, out.dtype)  # cache-resident, not a full-size temporary
+        if generate:
+            normal_part(eps, first * d, state)
+        else:
+            eps[:] = noise[first * d : (first + count) * d]
+        b = first % nbatch
+        loaded = -1
+        for v in range(count):
+            m = _operand_index(b, shape, mean_strides, nd)
+            c = _operand_index(b, shape, mat_strides, nd)
+            b = b + 1 if b + 1 < nbatch else 0
+            if factor:
+                code = _factor(mat, c, False, tol, work, 0, d)
+                status[c] = code
+                if code > 0:
+                    continue
+            elif c != loaded:
+                _load_tril(mat, c, work, 0, d)
+                loaded = c
+            _tril_apply(work, 0, d, mean, m, eps, v * d, out, (first + v) * d)
+
+
+@numba.njit(inline="always")
+def _lower_factor(mat, c, factor, tol, work, loaded, status):
+    """Put the lower factor of mat[c] in work: factor it (recording its status) or load it
+    unless it is already there. Returns (status, index now loaded)."""
+    if factor:
+        code = _factor(mat, c, False, tol, work, 0, mat.shape[1])
+        status[c] = code
+        return code, -1
+    if c != loaded:
+        _load_tril(mat, c, work, 0, mat.shape[1])
+    return 0, c
+
+
+@numba.njit(parallel=True, **KERNEL)
+def _logpdf(x, mean, mat, factor, shape, x_strides, mean_strides, mat_strides, per_chunk, out, status):
+    d = x.shape[1]
+    n = out.size
+    nd = shape.size
+    for chunk in numba.prange((n + per_chunk - 1) // per_chunk):
+        work = np.empty((1, d, d))
+        z = np.empty((1, d))
+        loaded = -1
+        start = chunk * per_chunk
+        for b in range(start, min(start + per_chunk, n)):
+            xi = _operand_index(b, shape, x_strides, nd)
+            m = _operand_index(b, shape, mean_strides, nd)
+            code, loaded = _lower_factor(mat, _operand_index(b, shape, mat_strides, nd), factor, -1.0, work, loaded, status)
+            if code > 0:
+                continue
+            squared, half_logdet = _whiten(work, 0, d, x, xi, mean, m, z, 0)
+            out[b] = -0.5 * (d * LOG_2PI + squared) - half_logdet
+
+
+@numba.njit(parallel=True, **KERNEL)
+def _kl_kernel(mean1, mat1, factor1, mean2, mat2, factor2, shape, strides, per_chunk, out, status1, status2):
+    """strides: (4, nd) operand strides of mean1, mat1, mean2, mat2."""
+    d = mean1.shape[1]
+    n = out.size
+    nd = shape.size
+    for chunk in numba.prange((n + per_chunk - 1) // per_chunk):
+        work1 = np.empty((1, d, d))
+        work2 = np.empty((1, d, d))
+        z = np.empty((1, d))
+        loaded1 = loaded2 = -1
+        start = chunk * per_chunk
+        for b in range(start, min(start + per_chunk, n)):
+            m1 = _operand_index(b, shape, strides[0], nd)
+            m2 = _operand_index(b, shape, strides[2], nd)
+            code1, loaded1 = _lower_factor(mat1, _operand_index(b, shape, strides[1], nd), factor1, -1.0, work1, loaded1, status1)
+            code2, loaded2 = _lower_factor(mat2, _operand_index(b, shape, strides[3], nd), factor2, -1.0, work2, loaded2, status2)
+            if code1 > 0 or code2 > 0:
+                continue
+            out[b] = _kl(work1, 0, work2, 0, d, mean1, m1, mean2, m2, z, 0)
+
+
+# --- factorization of whole batches ----------------------------------------------------------
+
+
+def _lapack(a, upper, dtype):
+    """numpy.linalg.cholesky (LAPACK potrf) of a (count, d, d) in ``dtype``, or None when some
+    matrix is not positive definite (LAPACK's error, or the NaN pivots it lets through)."""
+    try:
+        with np.errstate(invalid="ignore"):
+            L = np.linalg.cholesky(a.astype(dtype, copy=False), upper=upper)
+    except np.linalg.LinAlgError:
+        return None
+    return L if np.all(np.diagonal(L, axis1=-2, axis2=-1) > 0) else None
+
+
+def factor_batch(a, upper=False, tol=-1.0, dtype=np.float64, out=None):
+    """(L, summary) for a (count, d, d): LAPACK from LAPACK_MIN_D up, else the kernel into ``out``.
+
+    When LAPACK reports a failure, the kernel runs instead, to name the first failing
+    matrix and minor by the same rule as the small-matrix path.
+    """
+    count, d = a.shape[0], a.shape[-1]
+    if out is None:
+        out = np.empty((count, d, d), dtype)
+    if count == 0 or d == 0:
+        return out, NO_FAILURE
+    if d >= LAPACK_MIN_D:
+        L = _lapack(a, upper, dtype)
+        if L is not None:
+            asymmetric = -1
+            if tol >= 0:
+                mirror = np.swapaxes(a, -1, -2)
+                close = np.abs(a - mirror) <= tol + tol * np.minimum(np.abs(a), np.abs(mirror))
+                bad = np.flatnonzero(~np.all(close, axis=(-2, -1)))
+                asymmetric = int(bad[0]) if bad.size else -1
+            return L, (-1, 0, asymmetric)
+    status = np.empty(count, np.int32)
+    launch(_cholesky, a, upper, tol, per_chunk(count), dims(d), out, status)
+    return out, summarize(status)
+
+
+# Kernels see C-contiguous (count, d, d) and (count, d) arrays of the result dtype: a copy
+# only for non-contiguous or mixed-dtype inputs, and few compiled specializations.
+
+
+def _matrices(a, dtype):
+    return np.ascontiguousarray(a.reshape((int(np.prod(a.shape[:-2])),) + a.shape[-2:]), dtype=dtype)
+
+
+def _vectors(x, dtype):
+    return np.ascontiguousarray(x.reshape((int(np.prod(x.shape[:-1])), x.shape[-1])), dtype=dtype)
+
+
+# --- backend functions ------------------------------------------------------------------------
+
+
+def cholesky(a, upper, out):
+    # out is fresh and C-contiguous, so _matrices(out) is a view of it
+    L, summary = factor_batch(_matrices(a, out.dtype), upper, -1.0, out.dtype, _matrices(out, out.dtype))
+    return L.reshape(out.shape), {"a": summary}
+
+
+def mvn_sample(mean, cov, scale_tril, batch, noise, out, fresh, stream, tol=-1.0):
+    d = out.shape[-1]
+    matrix = cov if cov is not None else scale_tril
+    mat = _matrices(matrix, out.dtype)
+    nbatch = int(np.prod(batch))
+    vectors = out.size // d if d else 0
+    # Fused: each covariance serves exactly one output vector, so it is factored in the
+    # sampling pass. Otherwise each is factored once, first, into a float64 scratch.
+    fused = cov is not None and mat.shape[0] == vectors and 0 < d < LAPACK_MIN_D
+    status = {}
+    if cov is not None and not fused:
+        mat, status["cov"] = factor_batch(mat, tol=tol)
+        if status["cov"][0] >= 0 or vectors == 0:
+            return status
+    if vectors == 0:
+        return status
+    shape, mean_strides, mat_strides = geometry(batch, mean.shape[:-1], matrix.shape[:-2])
+    generate = noise is None
+    noise_flat = np.empty(0, out.dtype) if generate else np.ascontiguousarray(noise.reshape(-1), dtype=out.dtype)
+    state = words(*stream) if generate else words(0, 0)
+    codes = np.zeros(mat.shape[0] if fused else 0, np.int32)
+    target = out if fresh or not fused else np.empty(out.shape, out.dtype)  # a user's out: written once all factored
+    with rows_to_write(target, 1) as flat:
+        launch(
+            _sample, _vectors(mean, out.dtype), mat, fused, tol, shape, mean_strides, mat_strides, nbatch,
+            noise_flat, generate, state, per_chunk(vectors), dims(d), flat[0], codes,
+        )
+    if fused:
+        status["cov"] = summarize(codes)
+        if status["cov"][0] < 0 and target is not out:
+            out[...] = target
+    return status
+
+
+# mvn_logpdf and mvn_kl compute in float64 and write a small (batch,) result: their kernels
+# take float64 inputs only (float32 inputs are widened by a copy), one specialization each.
+
+
+@contextlib.contextmanager
+def _float64_result(out):
+    """A flat float64 array to write; rounded into ``out`` afterwards when out is float32."""
+    with rows_to_write(out, 1) as flat:
+        if out.dtype == np.float64:
+            yield flat[0]
+        else:
+            result = np.empty(out.size)
+            yield result
+            flat[0][...] = result
+
+
+def mvn_logpdf(x, mean, cov, scale_tril, batch, out):
+    d = x.shape[-1]
+    matrix = cov if cov is not None else scale_tril
+    mat = _matrices(matrix, np.float64)
+    n = out.size
+    fused = cov is not None and mat.shape[0] == n and d < LAPACK_MIN_D
+    status = {}
+    if cov is not None and not fused:
+        mat, status["cov"] = factor_batch(mat)
+        if status["cov"][0] >= 0:
+            return status
+    if n == 0:
+        return status
+    shape, x_strides, mean_strides, mat_strides = geometry(batch, x.shape[:-1], mean.shape[:-1], matrix.shape[:-2])
+    codes = np.zeros(mat.shape[0] if fused else 0, np.int32)
+    with _float64_result(out) as result:
+        launch(
+            _logpdf, _vectors(x, np.float64), _vectors(mean, np.float64), mat, fused,
+            shape, x_strides, mean_strides, mat_strides, per_chunk(n), result, codes,
+        )
+    if fused:
+        status["cov"] = summarize(codes)
+    return status
+
+
+def mvn_kl(mean1, cov1, mean2, cov2, batch, out):
+    d = mean1.shape[-1]
+    n = out.size
+    mats, fused, status = [], [], {}
+    for name, cov in (("cov1", cov1), ("cov2", cov2)):
+        mat = _matrices(cov, np.float64)
+        fuse = mat.shape[0] == n and d < LAPACK_MIN_D
+        if not fuse:
+            mat, status[name] = factor_batch(mat)
+        mats.append(mat)
+        fused.append(fuse)
+    if any(status.get(name, NO_FAILURE)[0] >= 0 for name in ("cov1", "cov2")) or n == 0:
+        return status
+    shape, *strides = geometry(batch, mean1.shape[:-1], cov1.shape[:-2], mean2.shape[:-1], cov2.shape[:-2])
+    codes = [np.zeros(mat.shape[0] if fuse else 0, np.int32) for mat, fuse in zip(mats, fused)]
+    with _float64_result(out) as result:
+        launch(
+            _kl_kernel, _vectors(mean1, np.float64), mats[0], fused[0], _vectors(mean2, np.float64), mats[1], fused[1],
+            shape, np.stack(strides), per_chunk(n), result, codes[0], codes[1],
+        )
+    for name, fuse, code in zip(("cov1", "cov2"), fused, codes):
+        if fuse:
+            status[name] = summarize(code)
+    return status

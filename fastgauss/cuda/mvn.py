@@ -1,0 +1,377 @@
+"""CUDA kernels for the multivariate-normal ops: one thread per matrix (or output vector).
+
+For d <= MAX_LOCAL_D each thread factors its matrix into a per-thread local array
+(registers and L1) and goes straight on to the sample, the whitening or the KL terms,
+drawing its noise from the Philox stream itself (the blocks that hold its d elements).
+A covariance that several outputs share is factored first, into a float64 scratch
+the size of the covariances. For larger d every covariance is factored first, one
+thread per matrix, into that scratch in global memory, and the kernels read it;
+correct, but not tuned for large d (cuSOLVER's batched potrf would be the fast path).
+
+Same scalar code as the CPU (fastgauss._device.mvn), so the factorization and the
+formulas are evaluated in the same order; NVVM may contract multiply-adds into FMAs,
+so results agree with the CPU to rounding, not bitwise.
+"""
+
+import numpy as np
+from numba import cuda
+
+from fastgauss import _device
+from fastgauss._checks import shape_dtype
+from fastgauss._device import mvn as _mvn
+from fastgauss.cuda import _numba_view
+from fastgauss.cuda.random import launch_config, normals, standard_normal, words
+from fastgauss.mvn import NO_FAILURE, geometry
+
+_d = _device.compile_for(cuda.jit(device=True), _mvn)
+_operand_index = _d.operand_index
+_factor = _d.factor
+_store = _d.store
+_tril_apply = _d.tril_apply
+_whiten = _d.whiten
+_kl = _d.kl
+
+MAX_LOCAL_D = 16  # largest order factored in a per-thread local array
+UNROLL_MAX_D = 8  # kernels are compiled per order up to this one (see dims)
+NONE = np.iinfo(np.int64).max
+
+
+# --- kernels ------------------------------------------------------------------------------
+
+
+@cuda.jit(cache=True)
+def _cholesky_local(a, upper, tol, dims, out, status):
+    L = cuda.local.array((1, MAX_LOCAL_D, MAX_LOCAL_D), np.float64)
+    d = len(dims) if len(dims) else a.shape[1]
+    for c in range(cuda.grid(1), a.shape[0], cuda.gridsize(1)):
+        code = _factor(a, c, upper, tol, L, 0, d)
+        status[c] = code
+        if code <= 0:
+            _store(L, 0, d, upper, out, c)
+
+
+@cuda.jit(cache=True)
+def _cholesky_global(a, upper, tol, work, out, status):
+    """work: float64 (count, d, d) scratch, one matrix per thread; may be out itself."""
+    d = a.shape[1]
+    for c in range(cuda.grid(1), a.shape[0], cuda.gridsize(1)):
+        code = _factor(a, c, upper, tol, work, c, d)
+        status[c] = code
+        if code <= 0:
+            _store(work, c, d, upper, out, c)
+
+
+@cuda.jit(device=True)
+def _vector_normals(eps, d, e, per_block, k0, k1, o0, o1, o2, o3):
+    """eps[0 .. d-1] = stream elements e .. e + d - 1 (the Philox blocks holding them)."""
+    i = 0
+    while i < d:
+        block = (e + i) // per_block
+        values = normals(per_block, o0, o1, o2, o3, k0, k1, block)
+        lane = e + i - block * per_block
+        while lane < per_block and i < d:
+            eps[i] = values[lane]
+            lane += 1
+            i += 1
+
+
+@cuda.jit(cache=True)
+def _sample_local(
+    mean, mat, factor, tol, shape, mean_strides, mat_strides, nbatch, noise, generate, per_block, k0, k1, o0, o1, o2, o3, dims, out, status
+):
+    """out (flat) = mean + L eps per vector n (batch index n % nbatch), one thread per vector."""
+    L = cuda.local.array((1, MAX_LOCAL_D, MAX_LOCAL_D), np.float64)
+    eps = cuda.local.array(MAX_LOCAL_D, np.float64)
+    d = len(dims) if len(dims) else mean.shape[1]
+    nd = shape.size
+    for v in range(cuda.grid(1), out.size // d, cuda.gridsize(1)):
+        b = v % nbatch
+        m = _operand_index(b, shape, mean_strides, nd)
+        c = _operand_index(b, shape, mat_strides, nd)
+        if factor:
+            code = _factor(mat, c, False, tol, L, 0, d)
+            status[c] = code
+            if code > 0:
+                continue
+        if generate:
+            _vector_normals(eps, d, v * d, per_block, k0, k1, o0, o1, o2, o3)
+            if factor:
+                _tril_apply(L, 0, d, mean, m, eps, 0, out, v * d)
+            else:
+                _tril_apply(mat, c, d, mean, m, eps, 0, out, v * d)
+        elif factor:
+            _tril_apply(L, 0, d, mean, m, noise, v * d, out, v * d)
+        else:
+            _tril_apply(mat, c, d, mean, m, noise, v * d, out, v * d)
+
+
+@cuda.jit(cache=True)
+def _sample_global(mean, L, shape, mean_strides, mat_strides, nbatch, eps, out):
+    """out = mean + L eps per vector with factors L in memory; eps may be out itself."""
+    d = mean.shape[1]
+    nd = shape.size
+    for v in range(cuda.grid(1), out.size // d, cuda.gridsize(1)):
+        b = v % nbatch
+        m = _operand_index(b, shape, mean_strides, nd)
+        c = _operand_index(b, shape, mat_strides, nd)
+        _tril_apply(L, c, d, mean, m, eps, v * d, out, v * d)
+
+
+@cuda.jit(cache=True)
+def _logpdf_local(x, mean, mat, factor, shape, x_strides, mean_strides, mat_strides, log_2pi, dims, out, status):
+    L = cuda.local.array((1, MAX_LOCAL_D, MAX_LOCAL_D), np.float64)
+    z = cuda.local.array((1, MAX_LOCAL_D), np.float64)
+    d = len(dims) if len(dims) else x.shape[1]
+    nd = shape.size
+    for b in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        xi = _operand_index(b, shape, x_strides, nd)
+        m = _operand_index(b, shape, mean_strides, nd)
+        c = _operand_index(b, shape, mat_strides, nd)
+        if factor:
+            code = _factor(mat, c, False, -1.0, L, 0, d)
+            status[c] = code
+            if code > 0:
+                continue
+            squared, half_logdet = _whiten(L, 0, d, x, xi, mean, m, z, 0)
+        else:
+            squared, half_logdet = _whiten(mat, c, d, x, xi, mean, m, z, 0)
+        out[b] = -0.5 * (d * log_2pi + squared) - half_logdet
+
+
+@cuda.jit(cache=True)
+def _logpdf_global(x, mean, L, shape, x_strides, mean_strides, mat_strides, log_2pi, z, out):
+    """z: float64 (count, d) scratch, one row per output."""
+    d = x.shape[1]
+    nd = shape.size
+    for b in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        xi = _operand_index(b, shape, x_strides, nd)
+        m = _operand_index(b, shape, mean_strides, nd)
+        c = _operand_index(b, shape, mat_strides, nd)
+        squared, half_logdet = _whiten(L, c, d, x, xi, mean, m, z, b)
+        out[b] = -0.5 * (d * log_2pi + squared) - half_logdet
+
+
+@cuda.jit(cache=True)
+def _kl_local(mean1, mat1, factor1, mean2, mat2, factor2, shape, strides, dims, out, status1, status2):
+    L1 = cuda.local.array((1, MAX_LOCAL_D, MAX_LOCAL_D), np.float64)
+    L2 = cuda.local.array((1, MAX_LOCAL_D, MAX_LOCAL_D), np.float64)
+    z = cuda.local.array((1, MAX_LOCAL_D), np.float64)
+    d = len(dims) if len(dims) else mean1.shape[1]
+    nd = shape.size
+    for b in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        m1 = _operand_index(b, shape, strides[0], nd)
+        c1 = _operand_index(b, shape, strides[1], nd)
+        m2 = _operand_index(b, shape, strides[2], nd)
+        c2 = _operand_index(b, shape, strides[3], nd)
+        if factor1:
+            code = _factor(mat1, c1, False, -1.0, L1, 0, d)
+            status1[c1] = code
+            if code > 0:
+                continue
+        if factor2:
+            code = _factor(mat2, c2, False, -1.0, L2, 0, d)
+            status2[c2] = code
+            if code > 0:
+                continue
+        if factor1 and factor2:
+            out[b] = _kl(L1, 0, L2, 0, d, mean1, m1, mean2, m2, z, 0)
+        elif factor1:
+            out[b] = _kl(L1, 0, mat2, c2, d, mean1, m1, mean2, m2, z, 0)
+        elif factor2:
+            out[b] = _kl(mat1, c1, L2, 0, d, mean1, m1, mean2, m2, z, 0)
+        else:
+            out[b] = _kl(mat1, c1, mat2, c2, d, mean1, m1, mean2, m2, z, 0)
+
+
+@cuda.jit(cache=True)
+def _kl_global(mean1, L1, mean2, L2, shape, strides, z, out):
+    d = mean1.shape[1]
+    nd = shape.size
+    for b in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        m1 = _operand_index(b, shape, strides[0], nd)
+        c1 = _operand_index(b, shape, strides[1], nd)
+        m2 = _operand_index(b, shape, strides[2], nd)
+        c2 = _operand_index(b, shape, strides[3], nd)
+        out[b] = _kl(L1, c1, L2, c2, d, mean1, m1, mean2, m2, z, b)
+
+
+@cuda.jit(cache=True)
+def _first_flags(status, first):
+    """first[0] = smallest index with status > 0, first[1] = smallest with status < 0 (atomic min)."""
+    for c in range(cuda.grid(1), status.size, cuda.gridsize(1)):
+        code = status[c]
+        if code > 0:
+            cuda.atomic.min(first, 0, c)
+        elif code < 0:
+            cuda.atomic.min(first, 1, c)
+
+
+# --- host side ------------------------------------------------------------------------------
+
+
+def dims(d):
+    """A tuple of d zeros for d <= UNROLL_MAX_D: its type fixes d at compile time, so the loops
+    unroll and the local arrays can live in registers; () for a run-time d."""
+    return (0,) * d if d <= UNROLL_MAX_D else ()
+
+
+def _launch(kernel, count, *args):
+    blocks, threads = launch_config(count)
+    kernel[blocks, threads](*args)
+
+
+def _view(name, a, shape):
+    """A Numba device view of ``a`` with ``shape``; its axes must merge without a copy."""
+    view = _numba_view(a)
+    try:
+        return view.reshape(*shape)
+    except NotImplementedError as exc:
+        raise ValueError(f"{name}: non-contiguous CUDA arrays are not supported; pass a C-contiguous array") from exc
+
+
+def _matrices(name, a):
+    shape = shape_dtype(a)[0]
+    return _view(name, a, (int(np.prod(shape[:-2])),) + tuple(shape[-2:]))
+
+
+def _vectors(name, x):
+    shape = shape_dtype(x)[0]
+    return _view(name, x, (int(np.prod(shape[:-1])), shape[-1]))
+
+
+def _summary(status):
+    """fastgauss.mvn.summarize on the device: two atomics and a few bytes back to the host."""
+    if status.size == 0:
+        return NO_FAILURE
+    first = cuda.to_device(np.array([NONE, NONE], np.int64))
+    _launch(_first_flags, status.size, status, first)
+    failed, asymmetric = (int(v) for v in first.copy_to_host())
+    order = int(status[failed : failed + 1].copy_to_host()[0]) if failed != NONE else 0
+    return (failed if failed != NONE else -1), order, (asymmetric if asymmetric != NONE else -1)
+
+
+def _geometry(batch, *operands):
+    return tuple(cuda.to_device(a) for a in geometry(batch, *operands))
+
+
+def factor_batch(a, upper=False, tol=-1.0, out=None):
+    """(L, summary): factors of a (count, d, d) device view into out (float64 scratch when None)."""
+    count, d = a.shape[0], a.shape[2]
+    if out is None:
+        out = cuda.device_array((count, d, d), np.float64)
+    if count == 0 or d == 0:
+        return out, NO_FAILURE
+    status = cuda.device_array(count, np.int32)
+    if d <= MAX_LOCAL_D:
+        _launch(_cholesky_local, count, a, upper, tol, dims(d), out, status)
+    else:
+        lower64 = out.dtype == np.float64 and not upper
+        work = out if lower64 else cuda.device_array((count, d, d), np.float64)
+        _launch(_cholesky_global, count, a, upper, tol, work, out, status)
+    return out, _summary(status)
+
+
+def cholesky(a, upper, out):
+    _, summary = factor_batch(_matrices("a", a), upper, -1.0, _matrices("out", out))
+    return out, {"a": summary}
+
+
+def mvn_sample(mean, cov, scale_tril, batch, noise, out, fresh, stream, tol=-1.0):
+    shape, dtype = shape_dtype(out)
+    d = shape[-1]
+    matrix = cov if cov is not None else scale_tril
+    mat = _matrices("cov" if cov is not None else "scale_tril", matrix)
+    nbatch = int(np.prod(batch))
+    vectors = int(np.prod(shape[:-1])) if d else 0
+    fused = cov is not None and mat.shape[0] == vectors and 0 < d <= MAX_LOCAL_D
+    status = {}
+    if cov is not None and not fused:
+        mat, status["cov"] = factor_batch(mat, tol=tol)
+        if status["cov"][0] >= 0 or vectors == 0:
+            return status
+    if vectors == 0:
+        return status
+    geometry_arrays = _geometry(batch, shape_dtype(mean)[0][:-1], shape_dtype(matrix)[0][:-2])
+    mean_2d = _vectors("mean", mean)
+    target = out if fresh or not fused else cuda.device_array(shape, dtype)  # a user's out: written once all factored
+    out_flat = _view("out", target, (vectors * d,))
+    if d > MAX_LOCAL_D:
+        if noise is None:
+            standard_normal(out_flat, *stream)  # the stream, in place, then x = mean + L x
+            eps = out_flat
+        else:
+            eps = _view("noise", noise, (vectors * d,))
+        _launch(_sample_global, vectors, mean_2d, mat, *geometry_arrays, nbatch, eps, out_flat)
+        return status
+    generate = noise is None
+    noise_flat = cuda.device_array(1, dtype) if generate else _view("noise", noise, (vectors * d,))
+    codes = cuda.device_array(mat.shape[0] if fused else 1, np.int32)
+    per_block = 4 if dtype == np.float32 else 2
+    _launch(
+        _sample_local, vectors, mean_2d, mat, fused, tol, *geometry_arrays, nbatch, noise_flat, generate, per_block,
+        *words(*(stream if generate else (0, 0))), dims(d), out_flat, codes,
+    )
+    if fused:
+        status["cov"] = _summary(codes)
+        if status["cov"][0] < 0 and target is not out:
+            _view("out", out, (vectors * d,)).copy_to_device(out_flat)
+    return status
+
+
+def mvn_logpdf(x, mean, cov, scale_tril, batch, out):
+    shape, _ = shape_dtype(out)
+    matrix = cov if cov is not None else scale_tril
+    mat = _matrices("cov" if cov is not None else "scale_tril", matrix)
+    d = mat.shape[2]
+    n = int(np.prod(shape))
+    fused = cov is not None and mat.shape[0] == n and d <= MAX_LOCAL_D
+    status = {}
+    if cov is not None and not fused:
+        mat, status["cov"] = factor_batch(mat)
+        if status["cov"][0] >= 0:
+            return status
+    if n == 0:
+        return status
+    geometry_arrays = _geometry(batch, shape_dtype(x)[0][:-1], shape_dtype(mean)[0][:-1], shape_dtype(matrix)[0][:-2])
+    x_2d, mean_2d, out_flat = _vectors("x", x), _vectors("mean", mean), _view("out", out, (n,))
+    log_2pi = float(np.log(2 * np.pi))
+    if d > MAX_LOCAL_D:
+        z = cuda.device_array((n, d), np.float64)
+        _launch(_logpdf_global, n, x_2d, mean_2d, mat, *geometry_arrays, log_2pi, z, out_flat)
+        return status
+    codes = cuda.device_array(mat.shape[0] if fused else 1, np.int32)
+    _launch(_logpdf_local, n, x_2d, mean_2d, mat, fused, *geometry_arrays, log_2pi, dims(d), out_flat, codes)
+    if fused:
+        status["cov"] = _summary(codes)
+    return status
+
+
+def mvn_kl(mean1, cov1, mean2, cov2, batch, out):
+    shape, _ = shape_dtype(out)
+    n = int(np.prod(shape))
+    mats, fused, status = [], [], {}
+    for name, cov in (("cov1", cov1), ("cov2", cov2)):
+        mat = _matrices(name, cov)
+        fuse = mat.shape[0] == n and mat.shape[2] <= MAX_LOCAL_D
+        if not fuse:
+            mat, status[name] = factor_batch(mat)
+        mats.append(mat)
+        fused.append(fuse)
+    if any(status.get(name, NO_FAILURE)[0] >= 0 for name in ("cov1", "cov2")) or n == 0:
+        return status
+    d = mats[0].shape[2]
+    geometry_host = geometry(batch, *(shape_dtype(a)[0][:k] for a, k in ((mean1, -1), (cov1, -2), (mean2, -1), (cov2, -2))))
+    shape_array, strides = cuda.to_device(geometry_host[0]), cuda.to_device(np.stack(geometry_host[1:]))
+    mean1_2d, mean2_2d, out_flat = _vectors("mean1", mean1), _vectors("mean2", mean2), _view("out", out, (n,))
+    if d > MAX_LOCAL_D:
+        z = cuda.device_array((n, d), np.float64)
+        _launch(_kl_global, n, mean1_2d, mats[0], mean2_2d, mats[1], shape_array, strides, z, out_flat)
+        return status
+    codes = [cuda.device_array(mat.shape[0] if fuse else 1, np.int32) for mat, fuse in zip(mats, fused)]
+    _launch(
+        _kl_local, n, mean1_2d, mats[0], fused[0], mean2_2d, mats[1], fused[1], shape_array, strides, dims(d), out_flat, codes[0], codes[1]
+    )
+    for name, fuse, code in zip(("cov1", "cov2"), fused, codes):
+        if fuse:
+            status[name] = _summary(code)
+    return status
