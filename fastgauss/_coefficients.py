@@ -10,6 +10,8 @@ NumPy reference does not use this module: it evaluates each op from its formula,
 the tests hold the kernels to it.
 """
 
+import functools
+
 import numpy as np
 
 # (a, b) tables of the linear ops; the argument order (u, w) is the op's.
@@ -82,3 +84,33 @@ def ddim(schedule, t, t_prev, eta, prediction):
     ex, em = _eps_from_model(prediction, abar)
     direction = np.sqrt(1 - abar_prev - sigma**2)
     return ax, am, np.sqrt(abar_prev), direction * ex, direction * em, sigma
+
+
+def backend_ops(run_linear, run_step):
+    """Every diffusion op of a compiled backend, expressed through its two kernel runners.
+
+    run_linear(op, u, w, t, schedule, out): out = a[t] u + b[t] w with LINEAR[op].
+    run_step(xt, model, t, coefficients, clip, out, x0_out, noise, stream, noise_out=None):
+    the fused step with (ax, am, k0, kx, km, ks). Returns {op name: backend function},
+    with the signatures fastgauss.diffusion calls.
+    """
+
+    def q_sample(x0, t, schedule, noise, out, noise_out=None, stream=None):
+        if noise is not None:
+            run_linear("q_sample", x0, noise, t, schedule, out)
+            return
+        # generated noise: the step with only kx = sqrt(abar) (on x0) and ks = sqrt(1 - abar)
+        signal, noise_scale = linear("q_sample", schedule, np.atleast_1d(t))
+        zero = np.zeros_like(signal)
+        run_step(x0, x0, t, (zero, zero, zero, signal, zero, noise_scale), None, out, None, None, stream, noise_out)
+
+    def ddpm_step(model_output, xt, t, schedule, out, x0_out, noise, stream, prediction, clip, variance):
+        run_step(xt, model_output, t, ddpm(schedule, t, prediction, variance), clip, out, x0_out, noise, stream)
+
+    def ddim_step(model_output, xt, t, t_prev, schedule, out, x0_out, noise, stream, eta, prediction, clip):
+        run_step(xt, model_output, t, ddim(schedule, t, t_prev, eta, prediction), clip, out, x0_out, noise, stream)
+
+    # the linear ops take (u, w, t, schedule, out) in their public argument order
+    ops = {op: functools.partial(run_linear, op) for op in LINEAR if op != "q_sample"}
+    ops.update(q_sample=q_sample, ddpm_step=ddpm_step, ddim_step=ddim_step)
+    return ops

@@ -6,8 +6,6 @@ given noise, the posterior mean and the parameterization conversions) and
 per-row coefficients from fastgauss._coefficients.
 """
 
-import functools
-
 import numba
 import numpy as np
 
@@ -104,29 +102,5 @@ def _run_step(xt, model, t, coefficients, clip, out, x0_out, noise, stream, nois
         )
 
 
-def q_sample(x0, t, schedule, noise, out, noise_out=None, stream=None):
-    if noise is not None:
-        _run_linear("q_sample", x0, noise, t, schedule, out)
-        return
-    # generated noise: the step kernel with only kx = sqrt(abar) (on x0) and ks = sqrt(1 - abar)
-    signal, noise_scale = _coefficients.linear("q_sample", schedule, np.atleast_1d(t))
-    zero = np.zeros_like(signal)
-    _run_step(x0, x0, t, (zero, zero, zero, signal, zero, noise_scale), None, out, None, None, stream, noise_out)
-
-
-# The linear ops, each (u, w, t, schedule, out) in its public argument order:
-# q_posterior (the mean), predict_x0, predict_eps, predict_v, v_to_x0, v_to_eps,
-# posterior_mean_from_eps.
-for _op in _coefficients.LINEAR:
-    if _op != "q_sample":
-        globals()[_op] = functools.partial(_run_linear, _op)
-
-
-def ddpm_step(model_output, xt, t, schedule, out, x0_out, noise, stream, prediction, clip, variance):
-    coefficients = _coefficients.ddpm(schedule, t, prediction, variance)
-    _run_step(xt, model_output, t, coefficients, clip, out, x0_out, noise, stream)
-
-
-def ddim_step(model_output, xt, t, t_prev, schedule, out, x0_out, noise, stream, eta, prediction, clip):
-    coefficients = _coefficients.ddim(schedule, t, t_prev, eta, prediction)
-    _run_step(xt, model_output, t, coefficients, clip, out, x0_out, noise, stream)
+# q_sample, q_posterior (the mean), the conversions, ddpm_step and ddim_step
+globals().update(_coefficients.backend_ops(_run_linear, _run_step))

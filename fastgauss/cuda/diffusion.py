@@ -1,7 +1,6 @@
 """CUDA kernels for the diffusion ops: the same two kernels as the CPU backend
-(``_linear_rows`` and the fused step), with the same coefficients and element code."""
-
-import functools
+(``_linear_rows`` and the fused step), with the same coefficients and element code; the
+ops themselves come from _coefficients.backend_ops, shared with the CPU backend."""
 
 import numpy as np
 from numba import cuda
@@ -90,28 +89,5 @@ def _run_step(xt, model, t, coefficients, clip, out, x0_out, noise, stream, nois
     )
 
 
-def q_sample(x0, t, schedule, noise, out, noise_out=None, stream=None):
-    if noise is not None:
-        _run_linear("q_sample", x0, noise, t, schedule, out)
-        return
-    signal, noise_scale = _coefficients.linear("q_sample", schedule, np.atleast_1d(t))
-    zero = np.zeros_like(signal)
-    _run_step(x0, x0, t, (zero, zero, zero, signal, zero, noise_scale), None, out, None, None, stream, noise_out)
-
-
-# The linear ops, each (u, w, t, schedule, out) in its public argument order:
-# q_posterior (the mean), predict_x0, predict_eps, predict_v, v_to_x0, v_to_eps,
-# posterior_mean_from_eps.
-for _op in _coefficients.LINEAR:
-    if _op != "q_sample":
-        globals()[_op] = functools.partial(_run_linear, _op)
-
-
-def ddpm_step(model_output, xt, t, schedule, out, x0_out, noise, stream, prediction, clip, variance):
-    coefficients = _coefficients.ddpm(schedule, t, prediction, variance)
-    _run_step(xt, model_output, t, coefficients, clip, out, x0_out, noise, stream)
-
-
-def ddim_step(model_output, xt, t, t_prev, schedule, out, x0_out, noise, stream, eta, prediction, clip):
-    coefficients = _coefficients.ddim(schedule, t, t_prev, eta, prediction)
-    _run_step(xt, model_output, t, coefficients, clip, out, x0_out, noise, stream)
+# q_sample, q_posterior (the mean), the conversions, ddpm_step and ddim_step
+globals().update(_coefficients.backend_ops(_run_linear, _run_step))
