@@ -14,6 +14,12 @@ import functools
 
 import numpy as np
 
+def row_count(t):
+    """Rows the kernels see the data as: B for timesteps t of shape (B,), 1 for a scalar t.
+    Every row shares its coefficients (gathered once per row, negligible next to the data)."""
+    return 1 if np.ndim(t) == 0 else len(t)
+
+
 # (a, b) tables of the linear ops; the argument order (u, w) is the op's.
 LINEAR = {
     "q_sample": lambda s: (s.sqrt_alphas_cumprod, s.sqrt_one_minus_alphas_cumprod),  # (x0, eps)

@@ -12,7 +12,6 @@ import numpy as np
 from fastgauss import _coefficients
 from fastgauss._device import compile_for
 from fastgauss._device import diffusion as _diffusion
-from fastgauss._layout import row_count
 from fastgauss.cpu import CHUNK, as_rows, launch, rows_to_write
 from fastgauss.cpu.random import normal_part, words
 
@@ -73,7 +72,7 @@ def _step_flat(xt, model, noise, noise_mode, coefficients, limit, width, out, x0
 def _run_linear(op, u, w, t, schedule, out):
     if out.size == 0:
         return
-    rows = row_count(t)
+    rows = _coefficients.row_count(t)
     a, b = (np.ascontiguousarray(c, out.dtype) for c in _coefficients.linear(op, schedule, np.atleast_1d(t)))
     with rows_to_write(out, rows) as out_rows:
         launch(_linear_rows, as_rows(u, rows), as_rows(w, rows), a, b, out_rows)
@@ -82,7 +81,7 @@ def _run_linear(op, u, w, t, schedule, out):
 def _run_step(xt, model, t, coefficients, clip, out, x0_out, noise, stream, noise_out=None):
     if out.size == 0:
         return
-    rows = row_count(t)
+    rows = _coefficients.row_count(t)
     coefficients = tuple(np.ascontiguousarray(c, out.dtype) for c in coefficients)
     if noise is not None:
         # the kernel reads given noise and its own buffer alike: one dtype (a rare

@@ -9,7 +9,6 @@ from fastgauss import _coefficients
 from fastgauss._checks import shape_dtype
 from fastgauss._device import compile_for
 from fastgauss._device import diffusion as _diffusion
-from fastgauss._layout import row_count
 from fastgauss.cuda import as_flat, as_rows, grid
 from fastgauss.cuda.random import launch_config, normals, words
 
@@ -62,7 +61,7 @@ def _run_linear(op, u, w, t, schedule, out):
     shape, dtype = shape_dtype(out)
     if 0 in shape:
         return
-    rows = row_count(t)
+    rows = _coefficients.row_count(t)
     a, b = (cuda.to_device(np.ascontiguousarray(c, dtype)) for c in _coefficients.linear(op, schedule, np.atleast_1d(t)))
     out_rows = as_rows("out", out, rows)
     blocks, threads = grid(*out_rows.shape)
@@ -73,7 +72,7 @@ def _run_step(xt, model, t, coefficients, clip, out, x0_out, noise, stream, nois
     shape, dtype = shape_dtype(out)
     if 0 in shape:
         return
-    rows = row_count(t)
+    rows = _coefficients.row_count(t)
     coefficients = [cuda.to_device(np.ascontiguousarray(c, dtype)) for c in coefficients]
     out_flat = as_flat("out", out)
     unused = cuda.device_array(1, dtype)
