@@ -145,10 +145,10 @@ def output(out, shape, dtype, like, inputs, name="out"):
         raise ValueError(f"{name} has shape {tuple(out_shape)}; the result has shape {tuple(shape)}")
     if out_dtype != dtype:
         raise ValueError(f"{name} has dtype {out_dtype}; the result has dtype {dtype}")
-    if not _writeable(out):
+    if not writeable(out):
         raise ValueError(f"{name} is read-only")
     for input_name, value in inputs.items():
-        if value is None or _is_scalar_like(value) or not _may_overlap(out, value):
+        if value is None or _is_scalar_like(value) or not may_overlap(out, value):
             continue
         if not _same_layout(out, value):
             raise ValueError(f"{name} overlaps {input_name} without being the same array; pass a separate array or exactly {input_name}")
@@ -159,14 +159,14 @@ def _is_scalar_like(x):
     return isinstance(x, (numbers.Number, np.generic))
 
 
-def _writeable(a):
+def writeable(a):
     if isinstance(a, np.ndarray):
         return a.flags.writeable
     cai = getattr(a, "__cuda_array_interface__", None)
     return cai is None or not cai["data"][1]
 
 
-def _cai_layout(a):
+def cai_layout(a):
     """(pointer, shape, strides) from the CUDA array interface, strides made explicit."""
     cai = a.__cuda_array_interface__
     shape = tuple(cai["shape"])
@@ -181,7 +181,7 @@ def _cai_layout(a):
 
 
 def _byte_range(a):
-    ptr, shape, strides, itemsize = _cai_layout(a)
+    ptr, shape, strides, itemsize = cai_layout(a)
     if 0 in shape:
         return ptr, ptr
     low = ptr + sum(min(0, (n - 1) * s) for n, s in zip(shape, strides))
@@ -189,7 +189,7 @@ def _byte_range(a):
     return low, high
 
 
-def _may_overlap(a, b):
+def may_overlap(a, b):
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
         return isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and np.may_share_memory(a, b)
     if _is_simulator_array(a) or _is_simulator_array(b):
@@ -208,7 +208,7 @@ def _same_layout(a, b):
         )
     if _is_simulator_array(a):
         return _same_layout(a._ary, b._ary)
-    return _cai_layout(a) == _cai_layout(b) and shape_dtype(a)[1] == shape_dtype(b)[1]
+    return cai_layout(a) == cai_layout(b) and shape_dtype(a)[1] == shape_dtype(b)[1]
 
 
 def broadcast_shape(**shapes):

@@ -334,7 +334,7 @@ def _sample(mean, cov, scale_tril, size, rng, noise, out, backend, tol, raise_fa
         dtype = _checks.result_dtype(mean=mean_dtype, **{matrix_name: matrix_dtype}, noise=noise_dtype)
     shape = sample + tail
     fresh = out is None
-    if out is not None and _checks._may_overlap(out, matrix):
+    if out is not None and _checks.may_overlap(out, matrix):
         raise ValueError(f"out overlaps {matrix_name}; pass a separate array (out may be exactly mean or noise)")
     out = _checks.output(out, shape, dtype, like=mean, inputs={"mean": mean, "noise": noise})
     stream = None

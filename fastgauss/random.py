@@ -239,7 +239,7 @@ def _checked_out(out, size, dtype, op):
     if size is not None and _shape(size) != tuple(out_shape):
         raise ValueError(f"size {_shape(size)} must match the shape of out {tuple(out_shape)}")
     contiguous = out.flags.c_contiguous if isinstance(out, np.ndarray) else _device_c_contiguous(out)
-    if not contiguous or not _checks._writeable(out):
+    if not contiguous or not _checks.writeable(out):
         raise ValueError(f"out for {op} must be a C-contiguous, writeable array")
     return out
 
@@ -247,7 +247,7 @@ def _checked_out(out, size, dtype, op):
 def _device_c_contiguous(out):
     if not hasattr(out, "__cuda_array_interface__"):  # Numba CUDA-simulator array
         return out.is_c_contiguous()
-    _, shape, strides, itemsize = _checks._cai_layout(out)
+    _, shape, strides, itemsize = _checks.cai_layout(out)
     step = itemsize
     for n, stride in zip(reversed(shape), reversed(strides)):
         if n > 1 and stride != step:
