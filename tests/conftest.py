@@ -5,6 +5,8 @@ This must run before numba is imported anywhere, hence at conftest import.
 
 import ctypes
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -55,3 +57,19 @@ def to_backend(a, backend):
 
 def to_numpy(a):
     return a if isinstance(a, np.ndarray) else a.copy_to_host()
+
+
+def run_python(code, timeout=600, **env):
+    """Run ``code`` in a fresh interpreter with extra environment variables; its stdout, split."""
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=dict(os.environ, **env), capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+def assert_same_digest_for_thread_counts(script, thread_counts=("1", "3")):
+    """``script`` prints "<numba threads> <digest>"; run under each NUMBA_NUM_THREADS, the digests must agree."""
+    outputs = [run_python(script, NUMBA_NUM_THREADS=n) for n in thread_counts]
+    assert [threads for threads, _ in outputs] == list(thread_counts)
+    assert len({digest for _, digest in outputs}) == 1, outputs

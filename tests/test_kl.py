@@ -9,9 +9,6 @@ times the magnitude of the terms each formula adds (stated with each helper belo
 """
 
 import math
-import os
-import subprocess
-import sys
 
 import numba
 import numpy as np
@@ -19,7 +16,7 @@ import pytest
 from scipy import integrate, stats
 
 import fastgauss
-from conftest import CUDA_USABLE, SIMULATOR, to_backend, to_numpy
+from conftest import assert_same_digest_for_thread_counts, CUDA_USABLE, SIMULATOR, to_backend, to_numpy
 from fastgauss import _device
 from fastgauss._device import kl as _kl
 
@@ -556,16 +553,7 @@ print(numba.get_num_threads(), digest.hexdigest())
 
 
 def test_reductions_are_bitwise_identical_for_any_thread_count():
-    outputs = []
-    for threads in ("1", "2", "3"):
-        result = subprocess.run(
-            [sys.executable, "-c", DIGEST_SCRIPT], env=dict(os.environ, NUMBA_NUM_THREADS=threads),
-            capture_output=True, text=True, timeout=600,
-        )
-        assert result.returncode == 0, result.stderr
-        outputs.append(result.stdout.split())
-    assert [o[0] for o in outputs] == ["1", "2", "3"]
-    assert outputs[0][1] == outputs[1][1] == outputs[2][1]
+    assert_same_digest_for_thread_counts(DIGEST_SCRIPT, ("1", "2", "3"))
 
 
 # --- errors: raised before anything is written, naming the argument ------------------------------

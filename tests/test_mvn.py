@@ -7,9 +7,6 @@ CUDA cases run under the simulator on a handful of small matrices.
 """
 
 import math
-import os
-import subprocess
-import sys
 import warnings
 
 import numpy as np
@@ -19,7 +16,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 import fastgauss
-from conftest import CUDA_USABLE, to_backend, to_numpy
+from conftest import assert_same_digest_for_thread_counts, CUDA_USABLE, to_backend, to_numpy
 from fastgauss.cpu.mvn import LAPACK_MIN_D
 from fastgauss.cuda.mvn import MAX_LOCAL_D
 
@@ -559,13 +556,4 @@ print(numba.get_num_threads(), digest.hexdigest())
 
 
 def test_bitwise_identical_for_any_thread_count():
-    outputs = []
-    for threads in ("1", "3"):
-        result = subprocess.run(
-            [sys.executable, "-c", DIGEST_SCRIPT], env=dict(os.environ, NUMBA_NUM_THREADS=threads),
-            capture_output=True, text=True, timeout=300,
-        )
-        assert result.returncode == 0, result.stderr
-        outputs.append(result.stdout.split())
-    assert [o[0] for o in outputs] == ["1", "3"]
-    assert outputs[0][1] == outputs[1][1]
+    assert_same_digest_for_thread_counts(DIGEST_SCRIPT)

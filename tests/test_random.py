@@ -3,9 +3,6 @@ agreement, the vectorizable log/sincos, statistical quality, the Generator API, 
 q_sample with in-kernel noise."""
 
 import math
-import os
-import subprocess
-import sys
 import threading
 
 import numba
@@ -14,7 +11,7 @@ import pytest
 from scipy import stats
 
 import fastgauss
-from conftest import CUDA_USABLE, to_backend, to_numpy
+from conftest import assert_same_digest_for_thread_counts, CUDA_USABLE, to_backend, to_numpy
 
 # Tolerances of the compiled normals against the NumPy reference (which uses NumPy's
 # log/sin/cos), relative to max(1, |z|): the stated accuracy of the stream.
@@ -186,16 +183,7 @@ print(numba.get_num_threads(), digest.hexdigest())
 
 
 def test_bitwise_identical_for_any_thread_count():
-    outputs = []
-    for threads in ("1", "3"):
-        result = subprocess.run(
-            [sys.executable, "-c", DIGEST_SCRIPT], env=dict(os.environ, NUMBA_NUM_THREADS=threads),
-            capture_output=True, text=True, timeout=300,
-        )
-        assert result.returncode == 0, result.stderr
-        outputs.append(result.stdout.split())
-    assert [o[0] for o in outputs] == ["1", "3"]
-    assert outputs[0][1] == outputs[1][1]
+    assert_same_digest_for_thread_counts(DIGEST_SCRIPT)
 
 
 # --- the vectorizable log and sincos ------------------------------------------------------

@@ -1,14 +1,12 @@
 """Thread-count determinism and concurrent calls from several Python threads."""
 
-import hashlib
 import os
-import subprocess
-import sys
 import threading
 
 import numpy as np
 
 import fastgauss
+from conftest import assert_same_digest_for_thread_counts, run_python
 
 # Digest of q_sample outputs (both dtypes, both t forms) in a fresh process.
 DIGEST_SCRIPT = """
@@ -25,19 +23,8 @@ print(numba.get_num_threads(), digest.hexdigest())
 """
 
 
-def run_python(code, **env):
-    result = subprocess.run(
-        [sys.executable, "-c", code], env=dict(os.environ, **env), capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout.split()
-
-
 def test_results_are_bitwise_identical_for_any_thread_count():
-    threads_1, digest_1 = run_python(DIGEST_SCRIPT, NUMBA_NUM_THREADS="1")
-    threads_n, digest_n = run_python(DIGEST_SCRIPT, NUMBA_NUM_THREADS="4")
-    assert (threads_1, threads_n) == ("1", "4")
-    assert digest_1 == digest_n
+    assert_same_digest_for_thread_counts(DIGEST_SCRIPT, ("1", "4"))
 
 
 def concurrent_calls(n_threads=8, calls=5):
