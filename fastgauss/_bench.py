@@ -9,24 +9,11 @@ import time
 
 import numpy as np
 
-_parallel_copy = None
-
-
 def _cpu_parallel_copy():
     """A prange copy: on several cores it can beat numpy.copyto, so it is the fairer floor."""
-    global _parallel_copy
-    if _parallel_copy is None:
-        import numba
+    from fastgauss.cpu import launch, parallel_copy
 
-        from fastgauss.cpu import launch
-
-        @numba.njit(parallel=True, cache=True)
-        def copy(src, dst):
-            for i in numba.prange(src.size):
-                dst[i] = src[i]
-
-        _parallel_copy = lambda src, dst: launch(copy, src, dst)  # noqa: E731
-    return _parallel_copy
+    return lambda src, dst: launch(parallel_copy, src, dst)
 
 
 def best_time(fn, repeats, min_seconds=0.0, synchronize=None, max_seconds=None, warm_up=True):

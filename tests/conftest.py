@@ -59,10 +59,10 @@ def to_numpy(a):
     return a if isinstance(a, np.ndarray) else a.copy_to_host()
 
 
-def run_python(code, timeout=600, **env):
-    """Run ``code`` in a fresh interpreter with extra environment variables; its stdout, split."""
+def run_python(code, timeout=600, cwd=None, **env):
+    """Run ``code`` in a fresh interpreter (in ``cwd``) with extra environment variables; its stdout, split."""
     result = subprocess.run(
-        [sys.executable, "-c", code], env=dict(os.environ, **env), capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-c", code], env=dict(os.environ, **env), capture_output=True, text=True, timeout=timeout, cwd=cwd
     )
     assert result.returncode == 0, result.stderr
     return result.stdout.split()

@@ -18,6 +18,11 @@ import threading
 
 import numba
 import numpy as np
+from numba.core.caching import CacheImpl
+
+from fastgauss import _cache
+
+_cache.install(CacheImpl)  # before any kernel is defined: cached kernels follow _device/ edits
 
 CHUNK = 1 << 14  # elements per parallel work item: large enough to amortize scheduling
 
@@ -37,6 +42,13 @@ def launch(kernel, *args):
     """Run a parallel kernel, serialized only where the threading layer requires it."""
     with _launch_guard:
         kernel(*args)
+
+
+@numba.njit(parallel=True, cache=True)
+def parallel_copy(src, dst):
+    """dst[i] = src[i] over flat arrays: the copy-bandwidth yardstick (fastgauss._bench)."""
+    for i in numba.prange(src.size):
+        dst[i] = src[i]
 
 
 def as_rows(a, rows):

@@ -8,6 +8,11 @@ legacy default stream by CuPy and PyTorch.
 
 import numpy as np
 from numba import cuda
+from numba.cuda.core.caching import CacheImpl
+
+from fastgauss import _cache
+
+_cache.install(CacheImpl)  # before any kernel is defined: cached kernels follow _device/ edits
 
 THREADS = 256  # threads per block
 MAX_GRID_X = 1024  # blocks per row: enough to fill a GPU; a grid-stride loop covers the rest
