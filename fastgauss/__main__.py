@@ -35,6 +35,8 @@ def environment():
 
     info = {
         "fastgauss": fastgauss.__version__,
+        "cpu": cpu_model(),
+        "isa": numba_isa(),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "numba": numba.__version__,
@@ -50,11 +52,38 @@ def environment():
         from numba import cuda
 
         device = cuda.get_current_device()
-        name = device.name.decode() if isinstance(device.name, bytes) else str(device.name)
+        name = getattr(device, "name", "simulated device")  # the simulator's device has no name
+        name = name.decode() if isinstance(name, bytes) else str(name)
         info["gpu"] = name + (" (CUDA simulator)" if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else "")
     else:
         info["gpu"] = f"no GPU ({reason})"
     return info
+
+
+def cpu_model():
+    """The CPU's model name (/proc/cpuinfo on Linux, else platform.processor())."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def numba_isa():
+    """The CPU target Numba compiles for (NUMBA_CPU_NAME or the host's) and its widest vector ISA."""
+    import llvmlite.binding as llvm
+    import numba
+
+    name = numba.config.CPU_NAME or llvm.get_host_cpu_name()
+    source = "NUMBA_CPU_NAME" if numba.config.CPU_NAME else "host"
+    if numba.config.CPU_NAME in (None, "host"):
+        features = {k for k, on in llvm.get_host_cpu_features().items() if on}
+        vector = "AVX-512" if "avx512f" in features else "AVX2" if "avx2" in features else "SSE"
+        return f"{name} ({source}, {vector})"
+    return f"{name} ({source})"
 
 
 def _to_device(value):
@@ -115,8 +144,10 @@ def _bytes_moved(args, result):
 
 
 def _time(call, backend, expected, repeats):
-    """Best time of ``call`` on ``backend``, with a preallocated out= where the op takes one
-    (so the times measure the op, not the page faults of a fresh output buffer)."""
+    """Timing (an untimed warm-up, then ``repeats`` >= 3 timed runs) of ``call`` on ``backend``,
+    with a preallocated out= where the op takes one (so the times measure the op, not the
+    page faults of a fresh output buffer). Every backend, the reference included, is timed
+    the same way."""
     takes_out = "out" in inspect.signature(call.function).parameters
     if backend == "cuda":
         from numba import cuda
@@ -124,17 +155,16 @@ def _time(call, backend, expected, repeats):
         args = tuple(_to_device(a) for a in call.args)  # copied once, outside the timing
         extra = {"out": cuda.device_array(expected.shape, expected.dtype)} if takes_out else {}
         run = lambda: call.function(*args, **call.kwargs, **extra, backend="cuda")  # noqa: E731
-        return _bench.best_time(run, repeats * 3, synchronize=cuda.synchronize)
+        return _bench.time_runs(run, repeats, synchronize=cuda.synchronize)
     extra = {"out": np.empty_like(expected)} if takes_out else {}
-    if backend == "numpy":
-        # Nothing to compile, and the caller's reference run warmed the data up; the
-        # reference generator takes up to 2 s a call at full size, so cap its repeats.
-        return _bench.best_time(lambda: _run(call, backend, **extra), repeats, max_seconds=1.0, warm_up=False)
-    return _bench.best_time(lambda: _run(call, backend, **extra), repeats)
+    return _bench.time_runs(lambda: _run(call, backend, **extra), repeats)
 
 
 def benchmark(backends, shape, repeats):
-    """Time each benchmarked call per backend, next to a copy moving the same bytes (same run, same moment)."""
+    """Time each benchmarked call per backend, next to a copy moving the same bytes (same run, same moment).
+
+    Each backend's time is the best of ``repeats`` (at least 3) warm runs after one untimed run;
+    the rows keep every run (``runs``) and the warm-up, so the table can be audited."""
     rows = []
     rng = np.random.default_rng(0)
     for op in OPS:
@@ -145,20 +175,20 @@ def benchmark(backends, shape, repeats):
                 if not call.benchmark:
                     continue
                 say(f"  {op} {np.dtype(dtype).name} {shape} ({call.label}) ...")
-                started = time.perf_counter()
-                expected = _run(call, "numpy")
-                reference_seconds = time.perf_counter() - started
+                expected = _run(call, "numpy")  # the result's shape and dtype, for out=
                 row = {"op": op, "dtype": np.dtype(dtype).name, "shape": list(shape), "case": call.label}
                 row["bytes"] = _bytes_moved(call.args, expected)
                 row["copy GB/s"] = {"host": _bench.host_copy_bandwidth(row["bytes"] // 2, repeats=3) / 1e9}
                 if "cuda" in backends:
                     row["copy GB/s"]["cuda"] = _bench.device_copy_bandwidth(row["bytes"] // 2) / 1e9
                 for backend in backends:
-                    if backend == "numpy" and reference_seconds > 0.3:
-                        seconds = reference_seconds  # a slow reference is timed once, by that run
-                    else:
-                        seconds = _time(call, backend, expected, repeats)
-                    row[backend] = {"seconds": seconds, "GB/s": row["bytes"] / seconds / 1e9}
+                    timing = _time(call, backend, expected, repeats)
+                    row[backend] = {
+                        "seconds": timing.best,
+                        "runs": list(timing.runs),
+                        "warm_up": timing.warm_up,
+                        "GB/s": row["bytes"] / timing.best / 1e9,
+                    }
                 rows.append(row)
     return rows
 
@@ -180,7 +210,8 @@ def print_table(rows, backends):
         say(line)
     say("GB/s = bytes the op must move (inputs read once, outputs written once) / time.")
     say("copy GB/s = a copy moving the same bytes, timed right before (host: best of numpy.copyto and a")
-    say("parallel Numba copy); 'of copy' = GB/s / copy GB/s. Outputs preallocated (out=); best of the repeats.")
+    say("parallel Numba copy); 'of copy' = GB/s / copy GB/s. Outputs preallocated (out=). Every time is the")
+    say("best of its warm runs after one untimed run (compilation, page faults), the same for NumPy.")
 
 
 def parse_args(argv):
@@ -214,8 +245,10 @@ def main(argv=None):
     checks = self_check(backends)
     failed = [c for c in checks if c["status"] == "FAIL"]
 
-    say(f"\nbenchmark at {args.shape} (best of {2 if args.quick else 5} runs)")
-    rows = benchmark(env["backends"], args.shape, repeats=2 if args.quick else 5)
+    repeats = 3 if args.quick else 5
+    say(f"\nbenchmark at {args.shape}: every backend, NumPy included, best of {repeats} runs after an untimed one")
+    say(f"  on {env['cpu']}, Numba target {env['isa']}, {env['numba_threads']} threads, {env['threading_layer']} layer")
+    rows = benchmark(env["backends"], args.shape, repeats=repeats)
     say()
     print_table(rows, env["backends"])
 

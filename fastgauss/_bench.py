@@ -6,8 +6,10 @@ speed can be stated against the memory-bandwidth floor: bytes the op must move
 """
 
 import time
+from typing import NamedTuple
 
 import numpy as np
+
 
 def _cpu_parallel_copy():
     """A prange copy: on several cores it can beat numpy.copyto, so it is the fairer floor."""
@@ -16,24 +18,35 @@ def _cpu_parallel_copy():
     return lambda src, dst: launch(parallel_copy, src, dst)
 
 
-def best_time(fn, repeats, min_seconds=0.0, synchronize=None, max_seconds=None, warm_up=True):
-    """Best wall time of ``fn()`` over ``repeats`` runs (more while under ``min_seconds``;
-    fewer, but at least one, once ``max_seconds`` are spent)."""
-    if warm_up:  # compilation and first-touch page faults stay out of the numbers
-        fn()
-        if synchronize:
-            synchronize()
-    best, spent, runs = float("inf"), 0.0, 0
-    while runs < repeats or spent < min_seconds:
+class Timing(NamedTuple):
+    """Wall times of one call: ``warm_up`` (untimed for the result: compilation, first-touch
+    page faults) and the timed ``runs`` after it; ``best`` is their minimum."""
+
+    warm_up: float
+    runs: tuple
+
+    @property
+    def best(self):
+        return min(self.runs)
+
+
+def time_runs(fn, repeats=3, synchronize=None):
+    """One untimed warm-up call of ``fn()``, then ``repeats`` (at least 3) timed calls."""
+
+    def timed():
         start = time.perf_counter()
         fn()
         if synchronize:
             synchronize()
-        elapsed = time.perf_counter() - start
-        best, spent, runs = min(best, elapsed), spent + elapsed, runs + 1
-        if max_seconds is not None and spent >= max_seconds:
-            break
-    return best
+        return time.perf_counter() - start
+
+    warm_up = timed()
+    return Timing(warm_up, tuple(timed() for _ in range(max(3, repeats))))
+
+
+def best_time(fn, repeats=3, synchronize=None):
+    """Best wall time of ``fn()`` over ``repeats`` (at least 3) runs after an untimed warm-up."""
+    return time_runs(fn, repeats, synchronize).best
 
 
 def host_copy_bandwidth(nbytes, repeats=5):

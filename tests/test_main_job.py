@@ -1,0 +1,49 @@
+"""The main job's benchmark table is measured honestly: warm, best of at least 3, every backend alike."""
+
+import itertools
+
+import numpy as np
+
+from fastgauss import __main__ as main_job
+from fastgauss import _bench
+
+
+def test_time_runs_reports_the_minimum_of_warm_runs_after_an_untimed_one():
+    # A fake op whose first call is slow (as a compile would be) and whose later calls vary.
+    delays = itertools.chain([0.05], itertools.cycle([0.004, 0.002, 0.003]))
+    clock = iter(range(10**6))
+
+    def op():
+        next(clock)
+        import time
+
+        time.sleep(next(delays))
+
+    timing = _bench.time_runs(op, repeats=3)
+    assert len(timing.runs) == 3 and next(clock) == 4  # one warm-up call, then 3 timed calls
+    assert timing.warm_up >= 0.05  # the slow first call is the warm-up ...
+    assert max(timing.runs) < 0.05  # ... and in none of the timed runs
+    assert timing.best == min(timing.runs)
+    assert 0.002 <= timing.best < 0.003 + 0.02  # the 2 ms run, give or take scheduling
+    assert len(_bench.time_runs(op, repeats=1).runs) == 3  # never fewer than 3
+
+
+def test_every_row_of_the_table_is_the_best_of_its_warm_runs(monkeypatch):
+    ops = ["q_sample", "normal_kl", "standard_normal"]
+    monkeypatch.setattr(main_job, "OPS", {op: main_job.OPS[op] for op in ops})
+    rows = main_job.benchmark(["numpy", "cpu"], (2, 3, 8, 8), repeats=3)
+    assert {row["op"] for row in rows} == set(ops)
+    for row in rows:
+        for backend in ("numpy", "cpu"):
+            timing = row[backend]
+            assert len(timing["runs"]) >= 3, row
+            assert timing["seconds"] == min(timing["runs"]), row
+            assert timing["warm_up"] > 0, row  # an untimed run came first
+            assert np.isclose(timing["GB/s"], row["bytes"] / timing["seconds"] / 1e9)
+
+
+def test_the_environment_names_the_cpu_the_isa_and_the_threads():
+    env = main_job.environment()
+    for key in ("cpu", "isa", "numba_threads", "threading_layer"):
+        assert env[key] not in (None, ""), key
+    assert "host" in env["isa"] or "NUMBA_CPU_NAME" in env["isa"]
