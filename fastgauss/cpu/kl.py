@@ -16,12 +16,11 @@ per-row value's share of the math (e.g. e^-logvar2) is hoisted out of it. Broadc
 any other form are materialized once by ``operand`` (correct, not fast).
 
 Work items are CHUNK elements of one row (or, for narrow rows, several whole rows).
-Reductions: each item writes its values to a chunk-sized buffer, sums it (float64
-accumulator; ``_chunk_sum`` is the only code compiled with ``reassoc``, so LLVM may
-vectorize the sum, in an order fixed by the compiled code and the chunk length), and
-stores one partial per (row, chunk); the partials of a row are then added in chunk
-order. The summation order is a function of the shape alone: results are bitwise
-identical for any number of threads.
+Reductions: each item writes its values to a chunk-sized buffer, sums it in float64
+(``_chunk_sum``: a fixed tree, written out so that no reassociation is left to the
+compiler), and stores one partial per (row, chunk); the partials of a row are then
+added in chunk order. The summation order is a function of the shape alone: results
+are bitwise identical for any number of threads and on any x86-64 ISA level.
 """
 
 import types as pytypes
@@ -202,12 +201,36 @@ def _at(s, j):
     return lambda s, j: s
 
 
-@numba.njit(fastmath={"reassoc"}, **KERNEL)
+@numba.njit(**KERNEL)
 def _chunk_sum(values):
+    """The float64 sum of ``values`` in an order fixed by their count alone, so the same bits
+    on every ISA (AVX-512, AVX2, SSE2) and thread count: element j of each eighth is added
+    across the eighths by a fixed tree (elementwise, so LLVM vectorizes it without
+    reassociation), those partials are folded in halves (pairwise), and the few left over
+    are added in order. 1.3x the time of a reassociated sum (1.5 vs 1.15 us for 16384
+    float32 values), a few percent of a pass."""
+    q = values.size // 8
+    s0, s1, s2, s3 = values[:q], values[q : 2 * q], values[2 * q : 3 * q], values[3 * q : 4 * q]
+    s4, s5, s6, s7 = values[4 * q : 5 * q], values[5 * q : 6 * q], values[6 * q : 7 * q], values[7 * q : 8 * q]
+    partials = np.empty(q)
+    for j in range(q):
+        low = (np.float64(s0[j]) + np.float64(s1[j])) + (np.float64(s2[j]) + np.float64(s3[j]))
+        high = (np.float64(s4[j]) + np.float64(s5[j])) + (np.float64(s6[j]) + np.float64(s7[j]))
+        partials[j] = low + high
+    rest = values[8 * q :]
     total = 0.0
-    for j in range(values.size):
-        total += values[j]
-    return total
+    for j in range(rest.size):
+        total += np.float64(rest[j])
+    n = q
+    while n > 1:
+        half = n // 2
+        if n % 2:
+            total += partials[n - 1]
+        lower, upper = partials[:half], partials[half : 2 * half]
+        for j in range(half):
+            lower[j] += upper[j]
+        n = half
+    return total + partials[0] if n == 1 else total
 
 
 @numba.njit(**KERNEL)
