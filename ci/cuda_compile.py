@@ -127,7 +127,8 @@ def worker(launches_path, cc, out_path, ptx_dir):
         results.append(info)
         print(f"{arch} {info['registers']:4d} regs  {info['spill_stores']:4d}/{info['spill_loads']:<4d} spill  {where}",
               flush=True)
-    version = subprocess.run([ptxas, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    lines = subprocess.run([ptxas, "--version"], capture_output=True, text=True).stdout.splitlines()
+    version = next((line.strip() for line in lines if "release" in line), "?")
     Path(out_path).write_text(json.dumps({
         "arch": arch, "results": results, "errors": errors, "ptxas": version,
         "numba_cuda": _version("numba-cuda"), "nvvm": _version("nvidia-nvvm"),

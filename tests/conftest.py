@@ -92,13 +92,15 @@ def pytest_deselected(items):
 
 
 def _full_run(session):
-    """True when the whole suite ran: testpaths, no -k/-m/--lf selection, nothing deselected."""
+    """True when the whole suite ran: tests/ (or no arguments), no -k/-m/--lf selection, nothing deselected."""
     config = session.config
+    here = os.path.dirname(os.path.abspath(__file__))
     return (
-        config.args_source == pytest.Config.ArgsSource.TESTPATHS
+        [os.path.abspath(a) for a in config.args] == [here]
         and not config.option.keyword
         and not config.option.markexpr
         and not getattr(config.option, "lf", False)
+        and not config.option.collectonly
         and not _deselected
     )
 
