@@ -231,6 +231,7 @@ def main(argv=None):
     errors = [f"{k}: no test launched it, so it has no signature to compile" for k in data["kernels"] if k not in launched]
     summaries = []
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    env["NUMBA_DISABLE_ERROR_MESSAGE_HIGHLIGHTING"] = "1"  # plain error text in CI logs
     for cc in args.cc.split(","):
         started = time.perf_counter()
         run = subprocess.run([sys.executable, __file__, args.launches, "--out", str(out), "--worker", cc], env=env)
