@@ -105,7 +105,7 @@ def worker(launches_path, cc, out_path, ptx_dir):
             options = dispatcher.targetoptions
             ptx, _ = cuda.compile_ptx(
                 dispatcher.py_func, argtypes, cc=cc, fastmath=options.get("fastmath", False),
-                debug=options.get("debug") or None, lineinfo=options.get("lineinfo", False),
+                debug=options.get("debug") or None, lineinfo=options.get("lineinfo", False), opt=options.get("opt"),
                 launch_bounds=options.get("launch_bounds"),
             )
         except Exception as exc:  # typing, lowering or NVVM
