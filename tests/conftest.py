@@ -73,3 +73,54 @@ def assert_same_digest_for_thread_counts(script, thread_counts=("1", "3")):
     outputs = [run_python(script, NUMBA_NUM_THREADS=n) for n in thread_counts]
     assert [threads for threads, _ in outputs] == list(thread_counts)
     assert len({digest for _, digest in outputs}) == 1, outputs
+
+
+# --- kernel launches: every @cuda.jit kernel must be launched by the suite (see _cuda_launches) ---
+
+import _cuda_launches  # noqa: E402
+
+_deselected = []
+
+
+def pytest_configure(config):
+    if CUDA_USABLE:
+        _cuda_launches.record()
+
+
+def pytest_deselected(items):
+    _deselected.extend(items)
+
+
+def _full_run(session):
+    """True when the whole suite ran: tests/ (or no arguments), no -k/-m/--lf selection, nothing deselected."""
+    config = session.config
+    here = os.path.dirname(os.path.abspath(__file__))
+    return (
+        [os.path.abspath(a) for a in config.args] == [here]
+        and not config.option.keyword
+        and not config.option.markexpr
+        and not getattr(config.option, "lf", False)
+        and not config.option.collectonly
+        and not _deselected
+    )
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not CUDA_USABLE:
+        return
+    path = os.environ.get("FASTGAUSS_KERNEL_LAUNCHES")
+    if path:
+        _cuda_launches.write(path)
+    if exitstatus == 0 and (_full_run(session) or os.environ.get("FASTGAUSS_REQUIRE_ALL_KERNELS") == "1"):
+        missing = _cuda_launches.unlaunched()
+        if missing:
+            session.config._unlaunched_kernels = missing
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    missing = getattr(config, "_unlaunched_kernels", None)
+    if missing:
+        terminalreporter.write_sep("=", "CUDA kernels no test launched", red=True)
+        for name in missing:
+            terminalreporter.write_line(f"FAILED: {name} exists in fastgauss.cuda but no test launched it")

@@ -79,6 +79,6 @@ def as_flat(name, a):
         raise ValueError(f"{name}: non-contiguous CUDA arrays are not supported; pass a C-contiguous array") from exc
 
 
-def grid(rows, width):
-    blocks_x = max(1, min(-(-width // THREADS), MAX_GRID_X))
-    return (blocks_x, min(rows, MAX_GRID_Y)), THREADS
+def grid(rows, width, threads=THREADS):
+    blocks_x = max(1, min(-(-width // threads), MAX_GRID_X))
+    return (blocks_x, min(rows, MAX_GRID_Y)), threads

@@ -37,16 +37,19 @@ def load(a, r, j):
 
 @cuda.jit(device=True)
 def block_sum(shared, value):
-    """The sum of ``value`` over the block's threads, by a fixed tree; every thread gets it."""
+    """The sum of ``value`` over the block's threads (any block size up to THREADS), by a fixed
+    tree; every thread gets it. Each level folds the upper half onto the lower, the middle
+    element of an odd count staying put: for a power of two, the classic halving tree."""
     t = cuda.threadIdx.x
     shared[t] = value
     cuda.syncthreads()
-    step = THREADS // 2
-    while step > 0:
-        if t < step:
-            shared[t] += shared[t + step]
+    n = cuda.blockDim.x
+    while n > 1:
+        half = (n + 1) // 2
+        if t < n // 2:
+            shared[t] += shared[t + half]
         cuda.syncthreads()
-        step //= 2
+        n = half
     total = shared[0]
     cuda.syncthreads()  # shared is reused for the next row
     return total
@@ -176,7 +179,8 @@ def operand(name, a, shape, rows, width, dtype):
     return as_flat(name, view).reshape(target)
 
 
-def _run(names, kernels, arrays, extra, shape, reduce, out):
+def _run(names, kernels, arrays, extra, shape, reduce, out, threads=THREADS):
+    """``threads`` (at most THREADS): the block size of the main kernel (tests use others)."""
     rows_kernel, partials_kernel = kernels
     dtype = _checks.shape_dtype(out)[1]
     rows = shape[0] if len(shape) else 1
@@ -195,7 +199,7 @@ def _run(names, kernels, arrays, extra, shape, reduce, out):
         rows, width, shape = 1, rows * width, (1, rows * width)
     operands = [operand(n, a, shape, rows, width, dtype) for n, a in zip(names, arrays)]
     c = _kl.constants(dtype)
-    blocks, threads = grid(rows, width)
+    blocks, threads = grid(rows, width, threads)
     if reduce is None:
         rows_kernel[blocks, threads](*operands, *extra, c, as_flat("out", out_view).reshape(rows, width))
         return

@@ -1,0 +1,187 @@
+"""CUDA kernels the family tests do not reach, and the block-level code at odd block sizes.
+
+- mvn above MAX_LOCAL_D: the factors live in global memory (_cholesky_global, then
+  _sample_global, _logpdf_global, _kl_global), against the reference.
+- The KL reductions (shared memory, syncthreads, a tree over the block) launched with
+  block sizes that are not a power of two and several blocks per row, against the
+  reference, and bitwise reproducible; the atomic-min summary of mvn (_first_flags) over
+  several blocks of an odd size.
+
+The simulator runs a block's threads concurrently, so a missing syncthreads can show
+here. Small inputs: the simulator executes every thread as Python.
+Which kernels the whole suite launches is checked at the end of the session (conftest.py).
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+import fastgauss
+from conftest import CUDA_USABLE, to_numpy
+
+pytestmark = pytest.mark.skipif(not CUDA_USABLE, reason="cuda backend not usable")
+
+DTYPES = [np.float32, np.float64]
+TOL = {np.float32: 1e-5, np.float64: 1e-12}  # relative to the largest magnitude involved
+
+
+def spd(rng, batch, d, jitter=0.5):
+    a = rng.standard_normal(tuple(batch) + (d, d))
+    return a @ np.swapaxes(a, -1, -2) / d + jitter * np.eye(d)
+
+
+def dev(*arrays):
+    from numba import cuda
+
+    return tuple(cuda.to_device(np.ascontiguousarray(a)) for a in arrays)
+
+
+def close(got, ref, dtype, scale=1.0):
+    ref = np.asarray(ref)
+    assert got.dtype == ref.dtype and got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=0, atol=TOL[dtype] * scale * (1 + np.abs(ref).max()))
+
+
+# --- mvn with d > MAX_LOCAL_D: factors in global memory -------------------------------------------
+
+
+def big_d():
+    from fastgauss.cuda.mvn import MAX_LOCAL_D
+
+    return MAX_LOCAL_D + 2
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mvn_sample_above_max_local_d(dtype):
+    d = big_d()
+    rng = np.random.default_rng(17)
+    mean, cov = rng.standard_normal((3, d)).astype(dtype), spd(rng, (3,), d).astype(dtype)
+    tril = np.linalg.cholesky(cov.astype(np.float64)).astype(dtype)
+    noise = rng.standard_normal((2, 3, d)).astype(dtype)
+    # given noise, cov (factored first) and scale_tril (used as given)
+    got = to_numpy(fastgauss.mvn_sample(*dev(mean, cov), noise=dev(noise)[0], size=(2,), backend="cuda"))
+    close(got, fastgauss.mvn_sample(mean, cov, noise=noise, size=(2,), backend="numpy"), dtype, d)
+    got = to_numpy(fastgauss.mvn_sample(dev(mean)[0], scale_tril=dev(tril)[0], noise=dev(noise)[0], size=(2,), backend="cuda"))
+    close(got, fastgauss.mvn_sample(mean, scale_tril=tril, noise=noise, size=(2,), backend="numpy"), dtype, d)
+    # generated noise (the stream drawn in place, then mean + L eps), a mean shared by the batch
+    got = to_numpy(fastgauss.mvn_sample(*dev(mean[0], cov), rng=9, backend="cuda"))
+    close(got, fastgauss.mvn_sample(mean[0], cov, rng=9, backend="numpy"), dtype, 4 * d)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mvn_logpdf_above_max_local_d(dtype):
+    d = big_d()
+    rng = np.random.default_rng(18)
+    x, mean = rng.standard_normal((2, 3, d)).astype(dtype), rng.standard_normal((3, d)).astype(dtype)
+    cov = spd(rng, (3,), d).astype(dtype)
+    tril = np.linalg.cholesky(cov.astype(np.float64)).astype(dtype)
+    got = to_numpy(fastgauss.mvn_logpdf(*dev(x, mean, cov), backend="cuda"))
+    close(got, fastgauss.mvn_logpdf(x, mean, cov, backend="numpy"), dtype, d * d)
+    got = to_numpy(fastgauss.mvn_logpdf(*dev(x, mean), scale_tril=dev(tril)[0], backend="cuda"))
+    close(got, fastgauss.mvn_logpdf(x, mean, scale_tril=tril, backend="numpy"), dtype, d * d)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mvn_kl_above_max_local_d(dtype):
+    d = big_d()
+    rng = np.random.default_rng(19)
+    mean1, mean2 = rng.standard_normal((3, d)).astype(dtype), rng.standard_normal(d).astype(dtype)
+    cov1, cov2 = spd(rng, (3,), d).astype(dtype), spd(rng, (), d).astype(dtype)  # cov2 shared by the batch
+    got = to_numpy(fastgauss.mvn_kl(*dev(mean1, cov1, mean2, cov2), backend="cuda"))
+    close(got, fastgauss.mvn_kl(mean1, cov1, mean2, cov2, backend="numpy"), dtype, d * d)
+
+
+# --- block-level code at block sizes that are not a power of two -----------------------------------
+
+
+def _kl_op(name):
+    from fastgauss.cuda import kl
+
+    return {
+        "normal_kl": (("mean1", "logvar1", "mean2", "logvar2"), (kl._normal_kl_rows, kl._normal_kl_partials), 4),
+        "normal_logpdf": (("x", "mean", "logvar"), (kl._normal_logpdf_rows, kl._normal_logpdf_partials), 3),
+        "discretized_gaussian_log_likelihood": (("x", "means", "log_scales"), (kl._discretized_rows, kl._discretized_partials), 3),
+    }[name]
+
+
+def _reduce_on_device(op, arrays, reduce, threads, dtype):
+    from numba import cuda
+
+    from fastgauss.cuda import kl
+
+    names, kernels, _ = _kl_op(op)
+    extra = (np.dtype(dtype).type(1.0 / 255),) if op.startswith("discretized") else ()
+    out = cuda.device_array(arrays[0].shape[0], dtype)
+    kl._run(names, kernels, dev(*arrays), extra, arrays[0].shape, reduce, out, threads)
+    return out.copy_to_host()
+
+
+@pytest.mark.parametrize(
+    "op, dtype, threads, width, reduce",
+    [
+        ("normal_kl", np.float64, 96, 200, "sum"),  # 3 blocks of 96 per row
+        ("normal_logpdf", np.float32, 200, 450, "mean"),  # 3 blocks of 200, the last one partly idle
+        ("discretized_gaussian_log_likelihood", np.float64, 75, 160, "sum"),  # odd: 75 -> 37 -> 19 -> ...
+    ],
+)
+def test_block_reduction_at_odd_block_sizes_matches_reference(op, dtype, threads, width, reduce):
+    from fastgauss.cuda import THREADS
+
+    assert threads <= THREADS and threads & (threads - 1) and -(-width // threads) > 1
+    rng = np.random.default_rng(threads)
+    count = _kl_op(op)[2]
+    arrays = [rng.uniform(-1, 1, (2, width)).astype(dtype) for _ in range(count)]
+    got = _reduce_on_device(op, arrays, reduce, threads, dtype)
+    ref = getattr(fastgauss, op)(*arrays, reduce=reduce, backend="numpy")
+    close(got, ref, dtype, width if reduce == "sum" else 1)
+    # bitwise reproducible for a given shape and block size
+    np.testing.assert_array_equal(_reduce_on_device(op, arrays, reduce, threads, dtype), got)
+
+
+def test_first_flags_atomic_min_over_odd_blocks():
+    """The device summary of mvn status codes (atomic min), 3 blocks of 100 threads, grid-stride."""
+    from numba import cuda
+
+    from fastgauss.cuda.mvn import NONE, _first_flags
+    from fastgauss.mvn import summarize
+
+    status = np.zeros(700, np.int32)
+    status[[650, 420, 333, 699]] = [3, 2, 5, 1]  # the first failure in block order is not the first found
+    status[[610, 250, 251]] = -1
+    first = cuda.to_device(np.array([NONE, NONE], np.int64))
+    _first_flags[3, 100](cuda.to_device(status), first)
+    failed, asymmetric = first.copy_to_host()
+    expected = summarize(status)
+    assert (failed, status[failed], asymmetric) == expected == (333, 5, 250)
+
+
+
+if CUDA_USABLE:
+    from numba import cuda, float64
+
+    from fastgauss.cuda import THREADS
+    from fastgauss.cuda.kl import block_sum
+
+    @cuda.jit
+    def _block_sums(values, out):
+        """out[block] = block_sum of the block's values, the shared array poisoned with NaN first."""
+        shared = cuda.shared.array(THREADS, float64)
+        for i in range(cuda.threadIdx.x, THREADS, cuda.blockDim.x):
+            shared[i] = math.nan
+        cuda.syncthreads()
+        total = block_sum(shared, values[cuda.grid(1)])
+        if cuda.threadIdx.x == 0:
+            out[cuda.blockIdx.x] = total
+
+
+def test_block_sum_for_every_kind_of_block_size():
+    """block_sum alone, the unused shared slots poisoned with NaN first (on a GPU they hold
+    whatever ran before; the simulator's are often zero, which would hide a tree that reads
+    past blockDim): exact integer sums for block sizes 1 .. THREADS, two blocks each."""
+    for threads in (1, 3, 96, 200, 255):
+        values = np.arange(1, 2 * threads + 1, dtype=np.float64)
+        out = cuda.device_array(2, np.float64)
+        _block_sums[2, threads](cuda.to_device(values), out)
+        expected = [values[:threads].sum(), values[threads:].sum()]
+        np.testing.assert_array_equal(out.copy_to_host(), expected, err_msg=f"{threads} threads")
