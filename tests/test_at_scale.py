@@ -220,6 +220,26 @@ def test_mvn_sample_past_one_chunk_matches_the_reference(backend, dtype, path):
     assert np.all(excess <= 0), f"max excess {excess.max():.3g} at {np.unravel_index(excess.argmax(), excess.shape)}"
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cholesky_logpdf_and_kl_past_one_chunk_match_the_reference(backend, dtype):
+    """cholesky, mvn_logpdf and mvn_kl over more matrices than a CPU work item holds (the
+    simulator: three CUDA blocks), with a shared second argument for the broadcast paths:
+    1e-6 (float32) / 1e-12 (float64) relative and absolute, as the parity tests of test_mvn.py."""
+    if backend == "numpy":
+        pytest.skip("the reference itself (test_mvn.py holds it to numpy.linalg and scipy)")
+    n, d = (2 * THREADS + 89 if on_simulator(backend) else 3 * MAX_PER_CHUNK + 5), 3
+    rng = np.random.default_rng(5)
+    mean1, mean2, x = (rng.standard_normal((n, d)).astype(dtype) for _ in range(3))
+    cov1, cov2 = spd(rng, (n,), d).astype(dtype), spd(rng, (), d).astype(dtype)
+    tol = {np.float32: 1e-6, np.float64: 1e-12}[dtype]
+    for op, args in (("cholesky", (cov1,)), ("mvn_logpdf", (x, mean1, cov1)), ("mvn_logpdf", (x, mean2[0], cov2)),
+                     ("mvn_kl", (mean1, cov1, mean2, cov2)), ("mvn_kl", (mean2[0], cov2, mean1, cov1))):
+        ref = getattr(fastgauss.reference, op)(*args)
+        got = to_numpy(getattr(fastgauss, op)(*(to_backend(a, backend) for a in args), backend=backend))
+        assert got.shape == ref.shape and got.dtype == ref.dtype == dtype
+        np.testing.assert_allclose(got, ref, rtol=tol, atol=tol, err_msg=op)
+
+
 # --- reductions over rows of several CUDA blocks and several CPU chunks ----------------------------
 
 KL_OPS = ["normal_kl", "normal_logpdf", "discretized_gaussian_log_likelihood"]

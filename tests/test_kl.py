@@ -582,13 +582,15 @@ def test_device_arrays_in_device_arrays_out():
     assert fastgauss._dispatch.is_device_array(only_scalars) and only_scalars.copy_to_host() == 0.5
 
 
-def test_cuda_reductions_are_identical_run_to_run():
+def test_cuda_reductions_are_identical_run_to_run_and_match_the_reference():
     if not CUDA_USABLE:
         pytest.skip("cuda backend not usable")
     rng = np.random.default_rng(10)
     args = [rng.standard_normal((2, 300)).astype(np.float32) for _ in range(4)]  # two blocks a row
     first = call("normal_kl", args, "cuda", reduce="sum")
     assert np.array_equal(first, call("normal_kl", args, "cuda", reduce="sum"))
+    ref = fastgauss.reference.normal_kl(*args, reduce="sum")
+    assert_within(first, ref, 16 * EPS[np.dtype(np.float32)] * kl_terms(*args), np.float32, "sum")
 
 
 # --- thread-count determinism ----------------------------------------------------------------------
