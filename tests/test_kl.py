@@ -446,14 +446,14 @@ def test_float32_sums_accumulate_in_float64(backend, op):
     """A float32 reduce="sum" is the exact sum of its float32 terms (math.fsum of the elementwise
     results), rounded once: within 2 float32 ulps of the total, where float32 accumulation (emulated
     below, to show that the data can tell) is off by 10 ulps or more. The simulator runs one row of
-    600 (three CUDA blocks, one element a thread): there only the block and row sums are exercised."""
+    300 (two CUDA blocks, one element a thread): there only the block and row sums are exercised."""
     _cuda_or_skip(backend)
     from fastgauss.cpu import CHUNK
     from fastgauss.cuda import MAX_GRID_X, THREADS
 
     rng = np.random.default_rng(15)
     if backend == "cpu" or SIMULATOR:
-        shape = (2, 2 * CHUNK + 7_232) if backend == "cpu" else (1, 600)
+        shape = (2, 2 * CHUNK + 7_232) if backend == "cpu" else (1, 300)
         big = np.arange(shape[1]) % CHUNK < 64
     else:
         shape = (1, 64 * THREADS * MAX_GRID_X)
