@@ -401,16 +401,79 @@ def test_float32_reductions_within_1e5_of_the_float64_evaluation(dtype):
             np.testing.assert_allclose(got, exact, rtol=1e-5 if dtype == np.float32 else 1e-12)
 
 
-def test_float32_sums_accumulate_in_float64():
-    """A float32 reduction equals the float64 sum of its float32 terms, rounded once: float32
-    accumulation over 10^6 terms would be off by ~sqrt(n) eps ~ 1e-4 relative."""
-    rng = np.random.default_rng(6)
-    x = rng.standard_normal((2, 1_000_000)).astype(np.float32)
-    for backend in compiled_backends()[:1]:  # large: host only
-        terms = call("normal_logpdf", [x, 0.0, 0.0], backend)
-        got = call("normal_logpdf", [x, 0.0, 0.0], backend, reduce="sum")
-        expected = terms.astype(np.float64).sum(axis=1)
-        np.testing.assert_allclose(got, expected, rtol=2 * EPS[np.dtype(np.float32)])
+# Mixed magnitudes for the float64-accumulation test: large terms (|B| = 2048, or the discretized
+# likelihood's clamp log(1e-12) = -27.6) where the accumulators start, small ones (0.2-0.45 ulp(B))
+# after them. On the CPU the first 64 elements of every work chunk are large, so every lane of a
+# vectorized sum (up to 64 lanes) starts with a large term; on a GPU the first THREADS * MAX_GRID_X
+# elements of a row are (one per thread of the grid-stride loop) and rows hold 64 elements a
+# thread. A float32 accumulator then rounds every small term away: tens of ulps of the total.
+MIXED_OPS = ["normal_kl", "normal_logpdf", "discretized_gaussian_log_likelihood"]
+
+
+def mixed_magnitude_args(op, shape, big, small, rng):
+    """float32 arguments of ``op`` whose terms are B where ``big`` and of magnitude ``small`` elsewhere."""
+    sign = np.where(rng.random(shape) < 0.5, -1.0, 1.0)
+    if op == "normal_kl":  # 0.5 (mean1 - 0)^2 with unit variances
+        return [np.where(big, 64.0, sign * np.sqrt(2 * small)).astype(np.float32), 0.0, 0.0, 0.0]
+    if op == "normal_logpdf":  # -0.5 (log 2 pi + v + x^2 e^-v) = -pi x^2 for v = -log 2 pi
+        x = np.where(big, math.sqrt(2048 / math.pi), sign * np.sqrt(small / math.pi)).astype(np.float32)
+        return [x, 0.0, float(np.float32(-math.log(2 * math.pi)))]
+    # x = 0 in a bin of width 2/255: log p ~ -small for a narrow Gaussian at 0, the clamp far from it
+    scales = np.geomspace(5e-4, 2e-3, 2000)
+    minus_log_p = -fastgauss.reference.discretized_gaussian_log_likelihood(np.zeros(scales.size), 0.0, np.log(scales))
+    inside = np.log(np.interp(small, minus_log_p, scales))
+    log_scales = np.where(big, math.log(0.01), inside).astype(np.float32)
+    return [np.zeros(shape, np.float32), np.where(big, 0.5, 0.0).astype(np.float32), log_scales]
+
+
+def float32_lane_sums(terms, chunk, lanes):
+    """What a float32 accumulator would give: per chunk, ``lanes`` interleaved float32 sums (1:
+    sequential), the lanes and chunks then added in float64."""
+    totals = []
+    for row in terms:
+        total = 0.0
+        for start in range(0, row.size, chunk):
+            part = row[start : start + chunk]
+            part = np.concatenate([part, np.zeros(-part.size % lanes, np.float32)]).reshape(-1, lanes)
+            total += np.cumsum(part, axis=0, dtype=np.float32)[-1].astype(np.float64).sum()
+        totals.append(total)
+    return np.array(totals)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+@pytest.mark.parametrize("op", MIXED_OPS)
+def test_float32_sums_accumulate_in_float64(backend, op):
+    """A float32 reduce="sum" is the exact sum of its float32 terms (math.fsum of the elementwise
+    results), rounded once: within 2 float32 ulps of the total, where float32 accumulation (emulated
+    below, to show that the data can tell) is off by 10 ulps or more. The simulator runs one row of
+    300 (two CUDA blocks, one element a thread): there only the block and row sums are exercised."""
+    _cuda_or_skip(backend)
+    from fastgauss.cpu import CHUNK
+    from fastgauss.cuda import MAX_GRID_X, THREADS
+
+    rng = np.random.default_rng(15)
+    if backend == "cpu" or SIMULATOR:
+        shape = (2, 2 * CHUNK + 7_232) if backend == "cpu" else (1, 300)
+        big = np.arange(shape[1]) % CHUNK < 64
+    else:
+        shape = (1, 64 * THREADS * MAX_GRID_X)
+        big = np.arange(shape[1]) < THREADS * MAX_GRID_X
+    large = 27.63102 if op == "discretized_gaussian_log_likelihood" else 2048.0
+    small = rng.uniform(0.2, 0.45, shape) * float(np.spacing(np.float32(large)))
+    args = mixed_magnitude_args(op, shape, np.broadcast_to(big, shape), small, rng)
+    terms = call(op, args, backend)
+    assert terms.dtype == np.float32 and terms.shape == shape
+    exact = np.array([math.fsum(row) for row in terms.astype(np.float64)])
+    tolerance = 2 * np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
+    got = call(op, args, backend, reduce="sum")
+    assert got.dtype == np.float32
+    np.testing.assert_array_less(np.abs(got - exact), tolerance)
+    if backend == "cpu":  # the data can tell: a float32 accumulator on 1, 16 or 64 lanes is far off
+        for lanes in (1, 16, 64):
+            assert np.all(np.abs(float32_lane_sums(terms, CHUNK, lanes) - exact) >= 10 * tolerance), lanes
+    elif not SIMULATOR:  # a float32 per-thread accumulator of the grid-stride loop
+        per_thread = np.cumsum(terms[0].reshape(-1, THREADS * MAX_GRID_X), axis=0, dtype=np.float32)[-1]
+        assert abs(per_thread.astype(np.float64).sum() - exact[0]) >= 10 * tolerance[0]
 
 
 # --- NaN, inf, edge shapes -----------------------------------------------------------------------
@@ -519,13 +582,15 @@ def test_device_arrays_in_device_arrays_out():
     assert fastgauss._dispatch.is_device_array(only_scalars) and only_scalars.copy_to_host() == 0.5
 
 
-def test_cuda_reductions_are_identical_run_to_run():
+def test_cuda_reductions_are_identical_run_to_run_and_match_the_reference():
     if not CUDA_USABLE:
         pytest.skip("cuda backend not usable")
     rng = np.random.default_rng(10)
     args = [rng.standard_normal((2, 300)).astype(np.float32) for _ in range(4)]  # two blocks a row
     first = call("normal_kl", args, "cuda", reduce="sum")
     assert np.array_equal(first, call("normal_kl", args, "cuda", reduce="sum"))
+    ref = fastgauss.reference.normal_kl(*args, reduce="sum")
+    assert_within(first, ref, 16 * EPS[np.dtype(np.float32)] * kl_terms(*args), np.float32, "sum")
 
 
 # --- thread-count determinism ----------------------------------------------------------------------

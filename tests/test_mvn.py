@@ -22,6 +22,7 @@ from fastgauss.cuda.mvn import MAX_LOCAL_D
 
 DTYPES = [np.float32, np.float64]
 EPS = {np.float32: float(np.finfo(np.float32).eps), np.float64: float(np.finfo(np.float64).eps)}
+NORMAL_RTOL = {np.float32: 1e-6, np.float64: 1e-14}  # compiled normals vs the reference, relative to max(1, |z|)
 
 
 def spd(rng, batch, d, jitter=0.5):
@@ -169,8 +170,12 @@ def test_generated_noise_is_standard_normal_exactly(backend, dtype, mean_batch, 
         generator.state = dict(generator.state, counter=2**64 - 2)  # crosses a carry
     mean_b, cov_b = on(backend, mean, cov)
     x = to_numpy(fastgauss.mvn_sample(mean_b, cov_b, size=size, rng=g, backend=backend))
+    reference_twin = fastgauss.default_rng(40)
+    reference_twin.state = twin.state
     eps = twin.standard_normal(sample + batch + (d,), dtype=dtype, backend=backend)
     assert g.state == twin.state
+    reference_eps = reference_twin.standard_normal(sample + batch + (d,), dtype=dtype, backend="numpy")
+    assert np.all(np.abs(to_numpy(eps) - reference_eps) <= NORMAL_RTOL[dtype] * np.maximum(1.0, np.abs(reference_eps)))
     assert x.shape == sample + batch + (d,) and x.dtype == dtype
     replay = to_numpy(fastgauss.mvn_sample(mean_b, cov_b, noise=eps, backend=backend))
     np.testing.assert_array_equal(x, replay)
@@ -237,6 +242,8 @@ def test_sample_in_place_and_out(backend):
     got = fastgauss.mvn_sample(*on(backend, mean, cov), rng=3, out=out, backend=backend)
     assert got is out
     np.testing.assert_array_equal(to_numpy(out), to_numpy(fastgauss.mvn_sample(*on(backend, mean, cov), rng=3, backend=backend)))
+    reference = fastgauss.reference.mvn_sample(mean, cov, noise=fastgauss.default_rng(3).standard_normal((4, 3), backend="numpy"))
+    np.testing.assert_allclose(to_numpy(out), reference, rtol=0, atol=1e-13)  # 1e-14 normals through |L| < 3
 
 
 @pytest.mark.parametrize("size", [None, 2])
@@ -289,6 +296,9 @@ def test_sample_moments_of_one_distribution(dtype):
     mean = np.array([1.0, -2.0, 0.5])
     cov = np.array([[2.0, 0.6, -0.3], [0.6, 1.0, 0.2], [-0.3, 0.2, 0.5]])
     x = fastgauss.mvn_sample(mean.astype(dtype), cov.astype(dtype), size=n, rng=12, backend="cpu").astype(np.float64)
+    z = fastgauss.default_rng(12).standard_normal((n, 3), dtype=dtype, backend="numpy")
+    reference = fastgauss.reference.mvn_sample(mean.astype(dtype), cov.astype(dtype), noise=z)  # |mean| + |L| |z| < 20
+    np.testing.assert_allclose(x, reference, rtol=0, atol=20 * 4 * EPS[dtype] + 3 * NORMAL_RTOL[dtype] * (1 + np.abs(z).max()))
     # mean: 5 standard errors sqrt(S_ii / n); covariance: 5 standard errors sqrt((S_ij^2 + S_ii S_jj) / n)
     assert np.all(np.abs(x.mean(axis=0) - mean) < 5 * np.sqrt(np.diag(cov) / n))
     se = np.sqrt((cov**2 + np.outer(np.diag(cov), np.diag(cov))) / n)
@@ -306,6 +316,12 @@ def test_mahalanobis_chi_square_across_a_batch(dtype):
     cov = spd(rng, (n,), d, jitter=0.2)
     mean = rng.standard_normal((n, d)) * 3
     x = fastgauss.mvn_sample(mean.astype(dtype), cov.astype(dtype), rng=14, backend="cpu").astype(np.float64)
+    z = fastgauss.default_rng(14).standard_normal((n, d), dtype=dtype, backend="numpy")
+    reference = fastgauss.reference.mvn_sample(mean.astype(dtype), cov.astype(dtype), noise=z)
+    L = np.abs(np.linalg.cholesky(cov))
+    bound = 4 * EPS[dtype] * (np.abs(mean) + (L @ np.abs(z.astype(np.float64))[..., None])[..., 0])
+    bound += NORMAL_RTOL[dtype] * (L @ np.maximum(1.0, np.abs(z.astype(np.float64)))[..., None])[..., 0]
+    assert np.all(np.abs(x - reference) <= bound + 8 * EPS[dtype] * np.abs(reference))
     diff = x - mean.astype(dtype)
     squared = (diff * np.linalg.solve(cov.astype(dtype).astype(np.float64), diff[..., None])[..., 0]).sum(axis=1)
     assert stats.kstest(squared, stats.chi2(d).cdf).pvalue > 1e-3
@@ -495,6 +511,9 @@ def test_multivariate_normal_matches_numpy_shapes_and_mvn_sample(backend, size):
     assert got.shape == expected_shape and got.dtype == np.float64
     np.testing.assert_array_equal(got, to_numpy(fastgauss.mvn_sample(*on(backend, mean, cov), size=size, rng=twin, backend=backend)))
     assert g.state == twin.state
+    z = fastgauss.default_rng(21).standard_normal(expected_shape, backend="numpy")
+    reference = mean + (np.linalg.cholesky(cov) @ z[..., None])[..., 0]  # numpy.linalg, not fastgauss
+    np.testing.assert_allclose(got, reference, rtol=0, atol=1e-13)  # 1e-14 normals through |L| < 2
     batched = g.multivariate_normal(np.zeros((4, 3)), np.broadcast_to(cov, (4, 3, 3)), size=2, backend="cpu")
     assert batched.shape == (2, 4, 3)
     listed = fastgauss.default_rng(1).multivariate_normal([0, 0, 0], [[1, 0, 0], [0, 1, 0], [0, 0, 1]], 3)  # lists of ints

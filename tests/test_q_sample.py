@@ -226,7 +226,9 @@ def test_output_has_forward_process_mean_and_variance(t):
     n = 200_000
     x0 = np.full(n, 1.5, np.float32)
     noise = np.random.default_rng(t).standard_normal(n, dtype=np.float32)
-    xt = fastgauss.q_sample(x0, t, SCHEDULE, noise, backend="cpu").astype(np.float64)
+    xt32 = fastgauss.q_sample(x0, t, SCHEDULE, noise, backend="cpu")
+    assert_parity(xt32, fastgauss.reference.q_sample(x0, t, SCHEDULE, noise), x0, t, noise)  # the formula itself
+    xt = xt32.astype(np.float64)
     abar = SCHEDULE.alphas_cumprod[t]
     mean, var = xt.mean(), xt.var(ddof=1)
     # mean: 5 standard errors; variance: 5 standard errors of the sample variance (2 var^2 / n)

@@ -16,6 +16,7 @@ from conftest import assert_same_digest_for_thread_counts, CUDA_USABLE, to_backe
 # Tolerances of the compiled normals against the NumPy reference (which uses NumPy's
 # log/sin/cos), relative to max(1, |z|): the stated accuracy of the stream.
 NORMAL_RTOL = {np.float32: 1e-6, np.float64: 1e-14}
+EPS32 = float(np.finfo(np.float32).eps)
 DTYPES = [np.float32, np.float64]
 
 
@@ -162,10 +163,12 @@ def test_compiled_backends_against_reference(backend, dtype, method):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cpu_and_cuda_agree(dtype):
     got = {}
-    for backend in ("cpu", "cuda"):
+    for backend in ("numpy", "cpu", "cuda"):
         got[backend] = to_numpy(fastgauss.default_rng(5).standard_normal(301, dtype=dtype, backend=backend))
-    scale = np.maximum(1.0, np.abs(got["cpu"].astype(np.float64)))
+    scale = np.maximum(1.0, np.abs(got["numpy"].astype(np.float64)))
     assert np.all(np.abs(got["cuda"] - got["cpu"]) <= {np.float32: 1e-6, np.float64: 1e-12}[dtype] * scale)
+    for backend in ("cpu", "cuda"):  # each within the stated accuracy of the reference
+        assert np.all(np.abs(got[backend] - got["numpy"]) <= NORMAL_RTOL[dtype] * scale), backend
 
 
 DIGEST_SCRIPT = """
@@ -406,6 +409,8 @@ def test_out_argument():
     out = np.full((3, 5), np.nan, np.float32)
     assert rng.standard_normal(out=out, dtype=np.float32) is out
     np.testing.assert_array_equal(out, twin.standard_normal((3, 5), dtype=np.float32))
+    reference = fastgauss.default_rng(9).standard_normal((3, 5), dtype=np.float32, backend="numpy")
+    assert np.all(np.abs(out - reference) <= NORMAL_RTOL[np.float32] * np.maximum(1.0, np.abs(reference)))
     before = rng.state
     with pytest.raises(TypeError, match="wrong type"):
         rng.standard_normal(out=np.empty(3, np.float32))  # dtype defaults to float64
@@ -429,6 +434,7 @@ def test_a_shared_generator_hands_out_disjoint_ranges_to_threads():
     for thread in threads:
         thread.join()
     whole = fastgauss.default_rng(10).random(4 * 8000, dtype=np.float32).reshape(8, 4000)
+    np.testing.assert_array_equal(whole.reshape(-1), fastgauss.default_rng(10).random(4 * 8000, dtype=np.float32, backend="numpy"))
     # each thread got one of the 8 consecutive ranges, none twice
     matches = sorted(int(np.flatnonzero((whole == r).all(axis=1))[0]) for r in results)
     assert matches == list(range(8))
@@ -451,9 +457,13 @@ def test_generated_noise_equals_standard_normal_exactly(backend, dtype, per_samp
     xt, eps = fastgauss.q_sample(
         to_backend(x0, backend), to_backend(t, backend) if per_sample else t, SCHEDULE, rng=rng, return_noise=True, backend=backend
     )
+    reference_twin = fastgauss.default_rng(31)
+    reference_twin.state = twin.state
     expected_eps = to_numpy(twin.standard_normal(shape, dtype=dtype, backend=backend))
     np.testing.assert_array_equal(to_numpy(eps), expected_eps)
     assert rng.state == twin.state
+    reference_eps = reference_twin.standard_normal(shape, dtype=dtype, backend="numpy")
+    assert np.all(np.abs(expected_eps - reference_eps) <= NORMAL_RTOL[dtype] * np.maximum(1.0, np.abs(reference_eps)))
     reference = fastgauss.reference.q_sample(x0, t, SCHEDULE, expected_eps)
     tolerance = 4 * np.finfo(dtype).eps * (np.abs(x0) + np.abs(expected_eps))
     assert np.all(np.abs(to_numpy(xt) - reference) <= tolerance)
@@ -471,9 +481,12 @@ def test_generated_noise_without_return_and_with_out(backend):
 
 def test_in_place_with_generated_noise():
     x0 = np.random.default_rng(3).standard_normal((4, 100))
+    noise = fastgauss.default_rng(8).standard_normal(x0.shape, backend="numpy")
+    reference = fastgauss.reference.q_sample(x0, np.arange(4), SCHEDULE, noise)
     expected = fastgauss.q_sample(x0, np.arange(4), SCHEDULE, rng=8, backend="cpu")
     fastgauss.q_sample(x0, np.arange(4), SCHEDULE, rng=8, out=x0, backend="cpu")
     np.testing.assert_array_equal(x0, expected)
+    np.testing.assert_allclose(x0, reference, rtol=0, atol=1e-13)  # 1e-14 normals, |x| < 10
 
 
 def test_noise_and_rng_together_is_an_error_and_errors_do_not_advance():
@@ -493,7 +506,11 @@ def test_noise_and_rng_together_is_an_error_and_errors_do_not_advance():
 def test_generated_forward_process_statistics(t):
     n = 400_000
     x0 = np.full((2, n // 2), -0.7, np.float32)
-    xt = fastgauss.q_sample(x0, t, SCHEDULE, rng=t, backend="cpu").astype(np.float64).ravel()
+    xt32 = fastgauss.q_sample(x0, t, SCHEDULE, rng=t, backend="cpu")
+    noise = fastgauss.default_rng(t).standard_normal(x0.shape, dtype=np.float32, backend="numpy")
+    reference = fastgauss.reference.q_sample(x0, t, SCHEDULE, noise)  # 4 eps32 (|x0| + |noise|) + the 1e-6 normals
+    assert np.all(np.abs(xt32 - reference) <= 4 * EPS32 * (0.7 + np.abs(noise)) + 1e-6 * np.maximum(1.0, np.abs(noise)))
+    xt = xt32.astype(np.float64).ravel()
     abar = SCHEDULE.alphas_cumprod[t]
     assert abs(xt.mean() - math.sqrt(abar) * -0.7) < 5 * math.sqrt((1 - abar) / n)
     assert abs(xt.var() - (1 - abar)) < 5 * (1 - abar) * math.sqrt(2 / n)
@@ -508,6 +525,8 @@ def test_generator_on_the_gpu():
     out = cuda.device_array((5, 7), np.float32)
     assert rng.standard_normal(dtype=np.float32, out=out, backend="cuda") is out
     np.testing.assert_array_equal(out.copy_to_host(), twin.standard_normal((5, 7), dtype=np.float32, backend="cuda").copy_to_host())
+    reference = fastgauss.default_rng(12).standard_normal((5, 7), dtype=np.float32, backend="numpy")
+    assert np.all(np.abs(out.copy_to_host() - reference) <= NORMAL_RTOL[np.float32] * np.maximum(1.0, np.abs(reference)))
     shifted = rng.normal(3.0, 2.0, size=(4,), backend="cuda").copy_to_host()
     expected = 3.0 + 2.0 * twin.standard_normal(4, backend="cuda").copy_to_host()
     np.testing.assert_allclose(shifted, expected, rtol=1e-15)

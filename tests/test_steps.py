@@ -216,6 +216,19 @@ def test_generated_noise_equals_standard_normal(backend, op, dtype):
     expected = run(getattr(fastgauss, op), backend, m, xt, *times, LINEAR, noise=z, **kwargs)
     np.testing.assert_array_equal(got, expected)
     assert rng.state == twin.state
+    # and the reference given the reference's noise: the formula's rounding (as in the formula tests)
+    # plus the compiled normals' 1e-6 / 1e-14 (relative to max(1, |z|)) times the noise's coefficient
+    z_ref = fastgauss.default_rng(17).standard_normal(shape, dtype=dtype, backend="numpy")
+    reference = getattr(fastgauss.reference, op)(m, xt, *times, LINEAR, noise=z_ref, **kwargs)
+    if op == "ddpm_step":
+        _, _, scale, _ = ddpm_exact(m, xt, z_ref, t, LINEAR, "epsilon", None, "small")
+        sigma = per_sample(np.sqrt(np.maximum(LINEAR.posterior_variance, 1e-20)), t, 2) * (t[:, None] > 0)
+    else:
+        _, _, scale, _ = ddim_exact(m, xt, z_ref, t, t - 1, LINEAR, 0.8, "epsilon", None)
+        abar, abar_prev = per_sample(np.append(LINEAR.alphas_cumprod, 1.0), t, 2), per_sample(np.append(LINEAR.alphas_cumprod, 1.0), t - 1, 2)
+        sigma = 0.8 * np.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
+    normal_tolerance = {np.float32: 1e-6, np.float64: 1e-14}[dtype] * np.maximum(1.0, np.abs(z_ref)) * sigma
+    assert np.all(np.abs(got - reference) <= 32 * EPS[dtype] * scale + normal_tolerance)
 
 
 def test_mixed_dtypes_follow_result_type(backend):
@@ -232,10 +245,12 @@ def test_mixed_dtypes_follow_result_type(backend):
 def test_no_noise_at_t_zero():
     m, xt, _ = inputs((2, 50), np.float64, seed=6)
     nan_noise = np.full((2, 50), np.nan)
+    x0 = fastgauss.reference.predict_x0(xt, 0, m, LINEAR)
+    expected = fastgauss.reference.q_posterior(x0, xt, 0, LINEAR)[0]
+    np.testing.assert_allclose(expected, LINEAR.posterior_mean_coef1[0] * x0 + LINEAR.posterior_mean_coef2[0] * xt, rtol=1e-12)
     for backend in ("numpy", "cpu"):
         got = fastgauss.ddpm_step(m, xt, np.array([0, 0]), LINEAR, noise=nan_noise, backend=backend)
-        x0 = fastgauss.predict_x0(xt, 0, m, LINEAR)
-        np.testing.assert_allclose(got, fastgauss.q_posterior(x0, xt, 0, LINEAR)[0], rtol=1e-12)
+        np.testing.assert_allclose(got, expected, rtol=1e-12)
 
 
 def test_ddim_eta_zero_is_deterministic_and_draws_nothing():
@@ -264,6 +279,9 @@ def test_ancestral_step_mean_and_variance_by_monte_carlo():
         x0 = (0.8 - math.sqrt(1 - LINEAR.alphas_cumprod[t]) * -0.3) / math.sqrt(LINEAR.alphas_cumprod[t])
         mean = LINEAR.posterior_mean_coef1[t] * x0 + LINEAR.posterior_mean_coef2[t] * 0.8
         var = var_table[t]
+        # the step itself: mean + sqrt(var) z for the reference's z from the same seed (1e-14 normals)
+        z = fastgauss.default_rng(t).standard_normal(n, backend="numpy")
+        np.testing.assert_allclose(samples, mean + math.sqrt(var) * z, rtol=0, atol=1e-13)
         assert abs(samples.mean() - mean) < 5 * math.sqrt(var / n)
         assert abs(samples.var() - var) < 5 * var * math.sqrt(2 / n)
 
