@@ -9,9 +9,23 @@ import numbers
 
 import numpy as np
 
-from fastgauss._dispatch import is_device_array
-
 COMPUTE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def is_scalar(x):
+    """True for a Python or NumPy scalar (numbers.Number, numpy.generic): the one scalar test of
+    fastgauss. Scalars are neutral in backend resolution, never overlap ``out``, and are passed
+    to kernels as values."""
+    return isinstance(x, (numbers.Number, np.generic))
+
+
+def is_device_array(x):
+    """True for CUDA arrays: anything exposing ``__cuda_array_interface__`` (CuPy, PyTorch CUDA,
+    Numba device arrays) and Numba's CUDA-simulator arrays, which lack the interface."""
+    if hasattr(x, "__cuda_array_interface__"):
+        return True
+    module = type(x).__module__
+    return module.startswith(("numba.cuda", "numba_cuda")) and hasattr(x, "copy_to_host")
 
 
 def _is_simulator_array(x):
@@ -148,15 +162,11 @@ def output(out, shape, dtype, like, inputs, name="out"):
     if not writeable(out):
         raise ValueError(f"{name} is read-only")
     for input_name, value in inputs.items():
-        if value is None or _is_scalar_like(value) or not may_overlap(out, value):
+        if value is None or is_scalar(value) or not may_overlap(out, value):
             continue
         if not _same_layout(out, value):
             raise ValueError(f"{name} overlaps {input_name} without being the same array; pass a separate array or exactly {input_name}")
     return out
-
-
-def _is_scalar_like(x):
-    return isinstance(x, (numbers.Number, np.generic))
 
 
 def writeable(a):

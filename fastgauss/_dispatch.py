@@ -11,11 +11,10 @@ import contextlib
 import contextvars
 import functools
 import importlib
-import numbers
 import os
 import threading
 
-import numpy as np
+from fastgauss._checks import is_device_array, is_scalar
 
 BACKENDS = ("numpy", "cpu", "cuda")
 _PACKAGES = {"numpy": "fastgauss.reference", "cpu": "fastgauss.cpu", "cuda": "fastgauss.cuda"}
@@ -129,19 +128,6 @@ def backends():
     return usable + ("cuda",) if cuda_unavailable_reason() is None else usable
 
 
-def is_device_array(x):
-    """True for CUDA arrays: anything exposing ``__cuda_array_interface__`` (CuPy, PyTorch CUDA,
-    Numba device arrays) and Numba's CUDA-simulator arrays, which lack the interface."""
-    if hasattr(x, "__cuda_array_interface__"):
-        return True
-    module = type(x).__module__
-    return module.startswith(("numba.cuda", "numba_cuda")) and hasattr(x, "copy_to_host")
-
-
-def _is_scalar(x):
-    return isinstance(x, (numbers.Number, np.generic))
-
-
 def resolve(backend, arrays):
     """Pick the backend for one call and check that the arrays live where it runs.
 
@@ -154,7 +140,7 @@ def resolve(backend, arrays):
         name, source = _check_name(backend, "backend="), "backend="
     else:
         name, source = _configured()
-    on_device = {k: is_device_array(v) for k, v in arrays.items() if v is not None and not _is_scalar(v)}
+    on_device = {k: is_device_array(v) for k, v in arrays.items() if v is not None and not is_scalar(v)}
     if name is None:
         name = "cuda" if any(on_device.values()) else "cpu"
     if name == "cuda":

@@ -56,16 +56,12 @@ def _bins(bins):
 
 
 def _output(out, result_shape, dtype, args, backend):
-    like = next((v for v in args.values() if not _is_number(v)), None)
+    like = next((v for v in args.values() if not _checks.is_scalar(v)), None)
     if out is None and backend == "cuda" and like is None:  # only scalars: a Numba device array
         from fastgauss.cuda import empty_like_library
 
         return empty_like_library(None, result_shape, dtype)
     return _checks.output(out, result_shape, dtype, like=like, inputs=args)
-
-
-def _is_number(value):
-    return isinstance(value, (numbers.Number, np.generic))
 
 
 def _call(op, args, reduce, out, backend, *extra):
