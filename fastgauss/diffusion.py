@@ -6,7 +6,8 @@ import numpy as np
 
 from fastgauss import _checks, _coefficients
 from fastgauss._dispatch import implementation, resolve
-from fastgauss.random import as_generator, blocks_needed
+from fastgauss._plans.stream import blocks_needed
+from fastgauss.random import as_generator
 
 
 def q_sample(x0, t, schedule, noise=None, *, rng=None, out=None, return_noise=False, backend=None):

@@ -23,7 +23,8 @@ import numpy as np
 
 from fastgauss import _checks
 from fastgauss._dispatch import implementation, resolve
-from fastgauss.random import _shape, as_generator, blocks_needed
+from fastgauss._plans.stream import blocks_needed
+from fastgauss.random import _shape, as_generator
 
 __all__ = ["cholesky", "mvn_sample", "mvn_logpdf", "mvn_kl"]
 

@@ -42,17 +42,11 @@ import numpy as np
 
 from fastgauss import _checks
 from fastgauss._dispatch import implementation, resolve
+from fastgauss._plans.stream import DTYPES, blocks_needed
 
 __all__ = ["Generator", "default_rng", "philox4x32_10", "as_generator"]
 
-VALUES_PER_BLOCK = {np.dtype(np.float32): 4, np.dtype(np.float64): 2}
 BIT_GENERATOR = "Philox4x32-10"
-
-
-def blocks_needed(size, dtype):
-    """Philox blocks a call producing ``size`` values of ``dtype`` uses (and advances by)."""
-    per_block = VALUES_PER_BLOCK[np.dtype(dtype)]
-    return -(-int(size) // per_block)
 
 
 class Generator:
@@ -207,7 +201,7 @@ def _sample_dtype(dtype, op):
         dtype = np.dtype(dtype)
     except TypeError:
         raise TypeError(f"Unsupported dtype {dtype!r} for {op}") from None
-    if dtype not in VALUES_PER_BLOCK:
+    if dtype not in DTYPES:
         raise TypeError(f"Unsupported dtype {dtype!r} for {op}; use float32 or float64")
     return dtype
 

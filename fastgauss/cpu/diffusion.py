@@ -13,7 +13,8 @@ from fastgauss import _coefficients
 from fastgauss._device import compile_for
 from fastgauss._device import diffusion as _diffusion
 from fastgauss.cpu import CHUNK, as_rows, launch, rows_to_write
-from fastgauss.cpu.random import normal_part, words
+from fastgauss._plans.stream import words
+from fastgauss.cpu.random import normal_part
 
 _d = compile_for(numba.njit(error_model="numpy", inline="always"), _diffusion)
 _linear_element = _d.linear_element

@@ -20,7 +20,8 @@ import numpy as np
 from fastgauss import _device
 from fastgauss._device import mvn as _mvn
 from fastgauss.cpu import launch, rows_to_write
-from fastgauss.cpu.random import normal_part, words
+from fastgauss._plans.stream import words
+from fastgauss.cpu.random import normal_part
 from fastgauss.mvn import NO_FAILURE, geometry, summarize
 
 _d = _device.compile_for(numba.njit(error_model="numpy", inline="always"), _mvn)

@@ -10,7 +10,8 @@ from fastgauss._checks import shape_dtype
 from fastgauss._device import compile_for
 from fastgauss._device import diffusion as _diffusion
 from fastgauss.cuda import as_flat, as_rows, grid
-from fastgauss.cuda.random import launch_config, normals, words
+from fastgauss._plans.stream import values_per_block, words
+from fastgauss.cuda.random import launch_config, normals
 
 _d = compile_for(cuda.jit(device=True), _diffusion)
 _linear_element = _d.linear_element
@@ -77,7 +78,7 @@ def _run_step(xt, model, t, coefficients, clip, out, x0_out, noise, stream, nois
     out_flat = as_flat("out", out)
     unused = cuda.device_array(1, dtype)
     mode = GIVEN_NOISE if noise is not None else (GENERATED_NOISE if stream is not None else NO_NOISE)
-    per_block = 4 if dtype == np.float32 else 2
+    per_block = values_per_block(dtype)
     blocks, threads = launch_config(-(-out_flat.size // per_block))
     _step_blocks[blocks, threads](
         as_flat("xt", xt), as_flat("model_output", model), as_flat("noise", noise) if noise is not None else unused, mode,

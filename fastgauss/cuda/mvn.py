@@ -20,7 +20,8 @@ from fastgauss import _device
 from fastgauss._checks import shape_dtype
 from fastgauss._device import mvn as _mvn
 from fastgauss.cuda import _numba_view
-from fastgauss.cuda.random import launch_config, normals, standard_normal, words
+from fastgauss._plans.stream import values_per_block, words
+from fastgauss.cuda.random import launch_config, normals, standard_normal
 from fastgauss.mvn import NO_FAILURE, geometry
 
 _d = _device.compile_for(cuda.jit(device=True), _mvn)
@@ -306,7 +307,7 @@ def mvn_sample(mean, cov, scale_tril, batch, noise, out, fresh, stream, tol=-1.0
     generate = noise is None
     noise_flat = cuda.device_array(1, dtype) if generate else _view("noise", noise, (vectors * d,))
     codes = cuda.device_array(mat.shape[0] if fused else 1, np.int32)
-    per_block = 4 if dtype == np.float32 else 2
+    per_block = values_per_block(dtype)
     _launch(
         _sample_local, vectors, mean_2d, mat, fused, tol, *geometry_arrays, nbatch, noise_flat, generate, per_block,
         *words(*(stream if generate else (0, 0))), dims(d), out_flat, codes,
