@@ -35,6 +35,7 @@ OPS = {
     "ddim_step": "diffusion",
     "philox4x32_10": "random",
     "standard_normal": "random",
+    "normal": "random",
     "random": "random",
     "normal_kl": "kl",
     "normal_logpdf": "kl",

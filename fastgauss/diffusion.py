@@ -4,10 +4,10 @@ import numbers
 
 import numpy as np
 
-from fastgauss import _checks, _coefficients
+from fastgauss import _checks
+from fastgauss._plans import diffusion as _coefficients
 from fastgauss._dispatch import implementation, resolve
-from fastgauss._plans.stream import blocks_needed
-from fastgauss.random import as_generator
+from fastgauss._plans.stream import as_stream, blocks_needed
 
 
 def q_sample(x0, t, schedule, noise=None, *, rng=None, out=None, return_noise=False, backend=None):
@@ -86,7 +86,7 @@ def _noise_source(noise, rng, shape, data_name, on_device, **dtypes):
     """(noise array or None, Generator or None, dtypes for the result): exactly one source;
     noise must have the shape of the data argument ``data_name``."""
     if noise is None:
-        return None, as_generator(rng), dtypes
+        return None, as_stream(rng), dtypes
     if rng is not None:
         raise ValueError("pass either noise or rng, not both")
     noise = _checks.data_array("noise", noise, on_device)
@@ -154,9 +154,7 @@ def q_posterior(x0, xt, t, schedule, *, out=None, backend=None):
     tables = (schedule.posterior_variance[t], schedule.posterior_log_variance_clipped[t])
     variance, log_variance = (np.asarray(table, dtype).reshape(per_sample) for table in tables)
     if name == "cuda":
-        from fastgauss.cuda import from_host_like
-
-        variance, log_variance = from_host_like(mean, variance), from_host_like(mean, log_variance)
+        variance, log_variance = _checks.from_host_like(mean, variance), _checks.from_host_like(mean, log_variance)
     return mean, variance, log_variance
 
 

@@ -58,9 +58,7 @@ def _bins(bins):
 def _output(out, result_shape, dtype, args, backend):
     like = next((v for v in args.values() if not _checks.is_scalar(v)), None)
     if out is None and backend == "cuda" and like is None:  # only scalars: a Numba device array
-        from fastgauss.cuda import empty_like_library
-
-        return empty_like_library(None, result_shape, dtype)
+        return _checks.empty_like_library(None, result_shape, dtype)
     return _checks.output(out, result_shape, dtype, like=like, inputs=args)
 
 

@@ -7,5 +7,5 @@ mode, the failure protocol of the factorizations) and leaves the target-specific
 imports numba, a backend or a public module.
 
 - stream.py     the Philox stream record (values per block per dtype, key and counter
-                words) and the counter state a Generator holds
+                words) and the counter state a Generator holds (Stream, as_stream)
 """

@@ -12,9 +12,11 @@ the uint64 kernel arguments). Per dtype (``LAYOUT``):
   Box-Muller on the whole block -> lanes 0, 1.
 
 A call producing n values uses ceil(n / values per block) blocks and advances the
-generator's counter by that many.
+generator's counter by that many (``Stream.reserve``).
 """
 
+import numbers
+import threading
 from typing import NamedTuple
 
 import numpy as np
@@ -51,3 +53,41 @@ def words(key, offset):
     return tuple(np.uint64((key >> s) & 0xFFFFFFFF) for s in (0, 32)) + tuple(
         np.uint64((offset >> s) & 0xFFFFFFFF) for s in (0, 32, 64, 96)
     )
+
+
+class Stream:
+    """The state a call draws from: a 64-bit key and a 128-bit counter offset, reserved in
+    ranges of blocks under a lock (so a shared stream hands each call its own range).
+
+    ``fastgauss.random.Generator`` is a Stream with NumPy's Generator interface on top;
+    ops that draw noise need only ``reserve`` and take their stream from ``as_stream``.
+    """
+
+    def __init__(self, seed_sequence):
+        if not isinstance(seed_sequence, np.random.SeedSequence):
+            raise TypeError(f"seed_sequence must be a numpy.random.SeedSequence; got {type(seed_sequence).__name__}")
+        self._seed_sequence = seed_sequence
+        low, high = (int(w) for w in seed_sequence.generate_state(2, np.uint32))
+        self._key = low | high << 32
+        self._counter = 0
+        self._lock = threading.Lock()
+
+    def reserve(self, blocks):
+        """Take ``blocks`` blocks of the stream: returns (key, offset) and advances the counter."""
+        with self._lock:
+            offset = self._counter
+            self._counter = (offset + int(blocks)) % 2**128
+        return self._key, offset
+
+
+def as_stream(rng, name="rng"):
+    """The stream for an op's ``rng=`` argument: a Generator (any Stream) as it is; an int seed,
+    a SeedSequence or None (fresh OS entropy) as a new stream with the key that
+    ``fastgauss.default_rng`` would derive from it."""
+    if isinstance(rng, Stream):
+        return rng
+    if rng is None or (isinstance(rng, (numbers.Integral, np.integer)) and not isinstance(rng, (bool, np.bool_))):
+        return Stream(np.random.SeedSequence(rng))
+    if isinstance(rng, np.random.SeedSequence):
+        return Stream(rng)
+    raise TypeError(f"{name} must be a fastgauss.Generator, an int seed or None; got {type(rng).__name__}")

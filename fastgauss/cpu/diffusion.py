@@ -9,7 +9,7 @@ per-row coefficients from fastgauss._coefficients.
 import numba
 import numpy as np
 
-from fastgauss import _coefficients
+from fastgauss._plans import diffusion as _coefficients
 from fastgauss._device import compile_for
 from fastgauss._device import diffusion as _diffusion
 from fastgauss.cpu import CHUNK, as_rows, launch, rows_to_write

@@ -19,10 +19,10 @@ import numpy as np
 
 from fastgauss import _device
 from fastgauss._device import mvn as _mvn
+from fastgauss._plans.mvn import NO_FAILURE, geometry, summarize
 from fastgauss.cpu import launch, rows_to_write
 from fastgauss._plans.stream import words
 from fastgauss.cpu.random import normal_part
-from fastgauss.mvn import NO_FAILURE, geometry, summarize
 
 _d = _device.compile_for(numba.njit(error_model="numpy", inline="always"), _mvn)
 _operand_index = _d.operand_index

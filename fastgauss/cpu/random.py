@@ -152,6 +152,14 @@ def random(out, key, offset):
     launch(_fill, out.reshape(-1), False, words(key, offset))
 
 
+def normal(out, key, offset, loc, scale):
+    """loc + scale z in place (NumPy's broadcasting in-place ops: memory speed)."""
+    if out.size:
+        standard_normal(out, key, offset)
+    out *= scale
+    out += loc
+
+
 @numba.njit(parallel=True, **KERNEL)
 def _philox(counters, keys, out):
     for i in numba.prange(out.shape[0]):

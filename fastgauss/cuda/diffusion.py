@@ -5,7 +5,7 @@ ops themselves come from _coefficients.backend_ops, shared with the CPU backend.
 import numpy as np
 from numba import cuda
 
-from fastgauss import _coefficients
+from fastgauss._plans import diffusion as _coefficients
 from fastgauss._checks import shape_dtype
 from fastgauss._device import compile_for
 from fastgauss._device import diffusion as _diffusion

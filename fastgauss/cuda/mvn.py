@@ -19,10 +19,10 @@ from numba import cuda
 from fastgauss import _device
 from fastgauss._checks import shape_dtype
 from fastgauss._device import mvn as _mvn
+from fastgauss._plans.mvn import NO_FAILURE, geometry
 from fastgauss.cuda import _numba_view
 from fastgauss._plans.stream import values_per_block, words
 from fastgauss.cuda.random import launch_config, normals, standard_normal
-from fastgauss.mvn import NO_FAILURE, geometry
 
 _d = _device.compile_for(cuda.jit(device=True), _mvn)
 _operand_index = _d.operand_index
@@ -241,7 +241,7 @@ def _vectors(name, x):
 
 
 def _summary(status):
-    """fastgauss.mvn.summarize on the device: two atomics and a few bytes back to the host."""
+    """fastgauss._plans.mvn.summarize on the device: two atomics and a few bytes back to the host."""
     if status.size == 0:
         return NO_FAILURE
     first = cuda.to_device(np.array([NONE, NONE], np.int64))

@@ -76,6 +76,13 @@ def random(out, key, offset):
     _launch_fill(out, False, key, offset)
 
 
+def normal(out, key, offset, loc, scale):
+    """loc + scale z in place; loc and scale are scalars on the GPU."""
+    if out.size:
+        _launch_fill(out, True, key, offset)
+    scale_shift(out, scale, loc)
+
+
 @cuda.jit(cache=True)
 def _philox(counters, keys, out):
     for i in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
@@ -108,7 +115,7 @@ def _scale_shift(out, scale, shift):
 
 
 def scale_shift(out, scale, shift):
-    """out = out * scale + shift in place (Generator.normal on the GPU)."""
+    """out = out * scale + shift in place (normal's second step)."""
     flat = as_flat("out", out)
     blocks, threads = launch_config(flat.size)
     _scale_shift[blocks, threads](flat, flat.dtype.type(scale), flat.dtype.type(shift))

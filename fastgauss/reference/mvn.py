@@ -3,14 +3,14 @@
 Everything is computed in float64: ``numpy.linalg.cholesky`` of the symmetric matrix
 that the lower triangle defines, forward substitution for L z = b, and the results
 rounded once to the output dtype. Backend functions return, per factored argument,
-``fastgauss.mvn.summarize`` of the per-matrix status codes (0 factored, k > 0 the
+``fastgauss._plans.mvn.summarize`` of the per-matrix status codes (0 factored, k > 0 the
 order of the first leading minor that is not positive definite, -1 factored but not
 symmetric within ``tol``); they write nothing when a matrix failed.
 """
 
 import numpy as np
 
-from fastgauss.mvn import summarize
+from fastgauss._plans.mvn import summarize
 from fastgauss.reference.random import standard_normal
 
 LOG_2PI = float(np.log(2 * np.pi))

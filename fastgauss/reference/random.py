@@ -72,6 +72,15 @@ def random(out, key, offset):
     out.reshape(-1)[...] = values.reshape(-1)[: out.size]
 
 
+def normal(out, key, offset, loc, scale):
+    """loc + scale z in place, z the standard normals of the same stream; loc and scale are
+    arrays of out's dtype that broadcast to out."""
+    if out.size:
+        standard_normal(out, key, offset)
+    out *= scale
+    out += loc
+
+
 def standard_normal(out, key, offset):
     words = blocks(key, offset, blocks_needed(out.size, out.dtype))
     if out.dtype == np.float32:
