@@ -5,7 +5,7 @@ import numbers
 import numpy as np
 
 from fastgauss import _checks
-from fastgauss._plans import diffusion as _coefficients
+from fastgauss._plans import diffusion as plan
 from fastgauss._dispatch import implementation, resolve
 from fastgauss._plans.stream import as_stream, blocks_needed
 
@@ -309,7 +309,7 @@ def ddim_step(model_output, xt, t, t_prev, schedule, *, eta=0.0, prediction="eps
         raise ValueError(f"eta must be a number >= 0; got {eta!r}")
     name, model_output, xt, t, noise, generator, out, dtype, shape = _step_inputs(backend, model_output, xt, t, noise, rng, out, schedule)
     t_prev = _checks.timesteps(t_prev, schedule.num_timesteps, shape, name="t_prev", low=-1)
-    sigma, _, abar_prev = _coefficients.ddim_sigma(schedule, t, t_prev, eta)
+    sigma, _, abar_prev = plan.ddim_sigma(schedule, t, t_prev, eta)
     bad = np.flatnonzero(~(1 - abar_prev - sigma**2 >= 0))
     if bad.size:
         raise ValueError(f"eta = {eta} is too large: 1 - abar_prev - sigma_t^2 < 0 (first at sample {bad[0]})")

@@ -23,7 +23,7 @@ import numpy as np
 
 from fastgauss import _checks
 from fastgauss._dispatch import implementation, resolve
-from fastgauss._plans.mvn import NO_FAILURE
+from fastgauss._plans.mvn import NO_CHECK, NO_FAILURE
 from fastgauss._plans.stream import as_stream, blocks_needed
 
 __all__ = ["cholesky", "mvn_sample", "mvn_logpdf", "mvn_kl"]
@@ -141,7 +141,7 @@ def mvn_sample(mean, cov=None, *, scale_tril=None, size=None, rng=None, noise=No
     """
     if (cov is None) == (scale_tril is None):
         raise ValueError("pass exactly one of cov and scale_tril")
-    out, status, _ = _sample(mean, cov, scale_tril, size, rng, noise, out, backend, tol=-1.0)
+    out, status, _ = _sample(mean, cov, scale_tril, size, rng, noise, out, backend, tol=NO_CHECK)
     return out
 
 
@@ -261,7 +261,7 @@ def multivariate_normal(generator, mean, cov, size=None, check_valid="warn", tol
     if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not tol >= 0:
         raise ValueError(f"tol must be a non-negative number; got {tol!r}")
     checking = check_valid != "ignore"
-    tol_or_off = float(tol) if checking else -1.0
+    tol_or_off = float(tol) if checking else NO_CHECK
     out, status, cov = _sample(mean, cov, None, size, generator, None, None, backend, tol=tol_or_off, raise_failures=False)
     failed, order, asymmetric = status.get("cov", NO_FAILURE)
     batch_shape = _checks.shape_dtype(cov)[0][:-2]
@@ -379,11 +379,11 @@ def _batch_index(flat_index, batch_shape):
 
 
 def _raise_failures(status, batch_shapes):
-    """Raise LinAlgError for the first failing matrix a backend reported, argument by argument."""
+    """Raise LinAlgError for the first failing matrix a backend reported ({name: Failure}), argument by argument."""
     for name in batch_shapes:
-        failed, order = status.get(name, NO_FAILURE)[:2]
-        if failed >= 0:
+        failure = status.get(name, NO_FAILURE)
+        if failure.failed >= 0:
             raise np.linalg.LinAlgError(
-                f"{name} matrix at batch index {_batch_index(failed, batch_shapes[name])} "
-                f"is not positive definite (leading minor of order {order})"
+                f"{name} matrix at batch index {_batch_index(failure.failed, batch_shapes[name])} "
+                f"is not positive definite (leading minor of order {failure.order})"
             )

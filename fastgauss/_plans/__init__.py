@@ -8,4 +8,8 @@ imports numba, a backend or a public module.
 
 - stream.py     the Philox stream record (values per block per dtype, key and counter
                 words) and the counter state a Generator holds (Stream, as_stream)
+- diffusion.py  per-timestep coefficient tables of the two diffusion kernels (linear and
+                fused step) and the noise mode: LinearPlan, StepPlan
+- mvn.py        the factorization failure protocol (Failure, summarize, NO_CHECK), the
+                fuse-or-factor-first decision (Target, factor_first) and batch geometry
 """
