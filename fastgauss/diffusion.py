@@ -278,7 +278,10 @@ def ddpm_step(model_output, xt, t, schedule, *, prediction="epsilon", clip=None,
     name, model_output, xt, t, noise, generator, out, dtype, shape = _step_inputs(backend, model_output, xt, t, noise, rng, out, schedule)
     x0_out = _checks.output(None, shape, dtype, like=xt, inputs={}) if return_x0 else None
     stream = generator.reserve(blocks_needed(_checks.size(shape), dtype)) if generator is not None else None
-    implementation("ddpm_step", name)(model_output, xt, t, schedule, out, x0_out, noise, stream, prediction, clip, variance)
+    implementation("ddpm_step", name)(
+        model_output, xt, t, schedule, out,
+        x0_out=x0_out, noise=noise, stream=stream, prediction=prediction, clip=clip, variance=variance,
+    )
     return (out, x0_out) if return_x0 else out
 
 
@@ -319,5 +322,8 @@ def ddim_step(model_output, xt, t, t_prev, schedule, *, eta=0.0, prediction="eps
         stream = generator.reserve(blocks_needed(_checks.size(shape), dtype)) if generator is not None else None
     else:
         noise = None  # eta = 0: deterministic, the noise is not used
-    implementation("ddim_step", name)(model_output, xt, t, t_prev, schedule, out, x0_out, noise, stream, eta, prediction, clip)
+    implementation("ddim_step", name)(
+        model_output, xt, t, t_prev, schedule, out,
+        x0_out=x0_out, noise=noise, stream=stream, eta=eta, prediction=prediction, clip=clip,
+    )
     return (out, x0_out) if return_x0 else out

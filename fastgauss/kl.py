@@ -62,12 +62,12 @@ def _output(out, result_shape, dtype, args, backend):
     return _checks.output(out, result_shape, dtype, like=like, inputs=args)
 
 
-def _call(op, args, reduce, out, backend, *extra):
+def _call(op, args, reduce, out, backend, **extra):
     name = resolve(backend, {**args, "out": out})
     args, shape, dtype = _operands(args, on_device=name == "cuda")
     result_shape = _result_shape(reduce, shape)
     out = _output(out, result_shape, dtype, args, name)
-    implementation(op, name)(*args.values(), *extra, shape, reduce, out)
+    implementation(op, name)(*args.values(), **extra, shape=shape, reduce=reduce, out=out)
     return out
 
 
@@ -215,4 +215,4 @@ def discretized_gaussian_log_likelihood(x, means, log_scales, *, reduce=None, bi
     1.0
     """
     bins = _bins(bins)
-    return _call("discretized_gaussian_log_likelihood", {"x": x, "means": means, "log_scales": log_scales}, reduce, out, backend, bins)
+    return _call("discretized_gaussian_log_likelihood", {"x": x, "means": means, "log_scales": log_scales}, reduce, out, backend, bins=bins)

@@ -338,7 +338,7 @@ def _sample(mean, cov, scale_tril, size, rng, noise, out, backend, tol, raise_fa
         stream = generator.reserve(blocks_needed(_checks.size(shape), dtype))
     covariance = matrix if cov is not None else None
     factor = matrix if cov is None else None
-    status = implementation("mvn_sample", name)(mean, covariance, factor, batch, noise, out, fresh, stream, tol)
+    status = implementation("mvn_sample", name)(mean, covariance, factor, batch, noise, out, fresh=fresh, stream=stream, tol=tol)
     if raise_failures:
         _raise_failures(status, {"cov": matrix_shape[:-2]})
     return out, status, matrix

@@ -7,9 +7,13 @@ import statement counts, also those inside functions (lazy imports are still edg
 """
 
 import ast
+import importlib
+import inspect
 import pathlib
 
 import pytest
+
+from fastgauss import _dispatch
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "fastgauss"
 
@@ -164,3 +168,35 @@ def test_the_checks_can_fail(tmp_path, monkeypatch, source, problem):
     monkeypatch.setitem(MODULES, "fastgauss.cpu.fake", fake)
     edges = imports("fastgauss.cpu.fake")
     assert edges and all(LAYERS.index(layer(t)) > LAYERS.index(layer("fastgauss.cpu.fake")) for t, _ in edges)
+
+
+# --- the backend contract -----------------------------------------------------------------------
+
+
+def _declared(function):
+    """A function's parameters as the OPS contract writes them: names, "*" before keyword-only ones."""
+    names = []
+    for p in inspect.signature(function).parameters.values():
+        assert p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY), f"{function.__qualname__}: {p} is {p.kind}"
+        assert p.default is p.empty, f"{function.__module__}.{function.__qualname__}: {p.name} has a default"
+        if p.kind == p.KEYWORD_ONLY and "*" not in names:
+            names.append("*")
+        names.append(p.name)
+    return names
+
+
+@pytest.mark.parametrize("op", sorted(_dispatch.OPS))
+@pytest.mark.parametrize("backend", _dispatch.BACKENDS)
+def test_every_backend_function_has_the_declared_arguments(op, backend):
+    """Each op's reference, cpu and cuda functions take exactly the arguments OPS declares (importing
+    fastgauss.cuda's modules needs numba.cuda, not a GPU: the simulator compiles nothing at import)."""
+    if backend == "cuda" and _dispatch.cuda_unavailable_reason() is not None:
+        pytest.skip("cuda backend not usable: " + _dispatch.cuda_unavailable_reason())
+    contract = _dispatch.OPS[op]
+    module = importlib.import_module(f"{_dispatch._PACKAGES[backend]}.{contract.family}")
+    function = getattr(module, op)
+    assert function.__module__ == module.__name__, f"{op} of {backend} is not defined in {module.__name__}"
+    assert _declared(function) == contract.parameters()
+    names = contract.parameters()
+    positional = names[: names.index("*")] if "*" in names else names
+    assert len(positional) <= 7, f"{op}: {len(positional)} positional arguments; make the rest keyword-only"

@@ -99,7 +99,7 @@ def _step(xt, model, t, coefficients, clip, out, x0_out, noise, stream, noise_ou
 # --- backend functions --------------------------------------------------------------------
 
 
-def q_sample(x0, t, schedule, noise, out, noise_out=None, stream=None):
+def q_sample(x0, t, schedule, noise, out, noise_out, stream):
     if noise is not None:
         _linear("q_sample", x0, noise, t, schedule, out)
     else:
@@ -134,9 +134,9 @@ def posterior_mean_from_eps(xt, eps, t, schedule, out):
     _linear("posterior_mean_from_eps", xt, eps, t, schedule, out)
 
 
-def ddpm_step(model_output, xt, t, schedule, out, x0_out, noise, stream, prediction, clip, variance):
+def ddpm_step(model_output, xt, t, schedule, out, *, x0_out, noise, stream, prediction, clip, variance):
     _step(xt, model_output, t, plan.ddpm(schedule, t, prediction, variance), clip, out, x0_out, noise, stream)
 
 
-def ddim_step(model_output, xt, t, t_prev, schedule, out, x0_out, noise, stream, eta, prediction, clip):
+def ddim_step(model_output, xt, t, t_prev, schedule, out, *, x0_out, noise, stream, eta, prediction, clip):
     _step(xt, model_output, t, plan.ddim(schedule, t, t_prev, eta, prediction), clip, out, x0_out, noise, stream)

@@ -340,14 +340,14 @@ def _run(kernel, arrays, extra, shape, reduce, out):
         out[...] = sums
 
 
-def normal_kl(mean1, logvar1, mean2, logvar2, shape, reduce, out):
+def normal_kl(mean1, logvar1, mean2, logvar2, *, shape, reduce, out):
     _run(_normal_kl_rows, (mean1, logvar1, mean2, logvar2), (), shape, reduce, out)
 
 
-def normal_logpdf(x, mean, logvar, shape, reduce, out):
+def normal_logpdf(x, mean, logvar, *, shape, reduce, out):
     _run(_normal_logpdf_rows, (x, mean, logvar), (), shape, reduce, out)
 
 
-def discretized_gaussian_log_likelihood(x, means, log_scales, bins, shape, reduce, out):
+def discretized_gaussian_log_likelihood(x, means, log_scales, *, bins, shape, reduce, out):
     half_bin = out.dtype.type(1.0 / bins)
     _run(_discretized_rows, (x, means, log_scales), (half_bin,), shape, reduce, out)

@@ -232,7 +232,7 @@ def cholesky(a, upper, out):
     return L.reshape(out.shape), {"a": summary}
 
 
-def mvn_sample(mean, cov, scale_tril, batch, noise, out, fresh, stream, tol=plan.NO_CHECK):
+def mvn_sample(mean, cov, scale_tril, batch, noise, out, *, fresh, stream, tol):
     d = out.shape[-1]
     matrix = cov if cov is not None else scale_tril
     vectors = out.size // d if d else 0

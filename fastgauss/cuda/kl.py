@@ -200,15 +200,15 @@ def _run(names, kernels, arrays, extra, shape, reduce, out):
     _combine[max(1, min(-(-rows // THREADS), 4096)), THREADS](partials, width, reduce == "mean", as_flat("out", out_view))
 
 
-def normal_kl(mean1, logvar1, mean2, logvar2, shape, reduce, out):
+def normal_kl(mean1, logvar1, mean2, logvar2, *, shape, reduce, out):
     _run(("mean1", "logvar1", "mean2", "logvar2"), (_normal_kl_rows, _normal_kl_partials), (mean1, logvar1, mean2, logvar2), (), shape, reduce, out)
 
 
-def normal_logpdf(x, mean, logvar, shape, reduce, out):
+def normal_logpdf(x, mean, logvar, *, shape, reduce, out):
     _run(("x", "mean", "logvar"), (_normal_logpdf_rows, _normal_logpdf_partials), (x, mean, logvar), (), shape, reduce, out)
 
 
-def discretized_gaussian_log_likelihood(x, means, log_scales, bins, shape, reduce, out):
+def discretized_gaussian_log_likelihood(x, means, log_scales, *, bins, shape, reduce, out):
     half_bin = np.dtype(_checks.shape_dtype(out)[1]).type(1.0 / bins)
     _run(
         ("x", "means", "log_scales"), (_discretized_rows, _discretized_partials), (x, means, log_scales), (half_bin,),

@@ -283,7 +283,7 @@ def cholesky(a, upper, out):
     return out, {"a": summary}
 
 
-def mvn_sample(mean, cov, scale_tril, batch, noise, out, fresh, stream, tol=plan.NO_CHECK):
+def mvn_sample(mean, cov, scale_tril, batch, noise, out, *, fresh, stream, tol):
     shape, dtype = shape_dtype(out)
     d = shape[-1]
     matrix = cov if cov is not None else scale_tril

@@ -10,7 +10,7 @@ symmetric within ``tol``); they write nothing when a matrix failed.
 
 import numpy as np
 
-from fastgauss._plans.mvn import summarize
+from fastgauss._plans.mvn import NO_CHECK, summarize
 from fastgauss.reference.random import standard_normal
 
 LOG_2PI = float(np.log(2 * np.pi))
@@ -28,7 +28,7 @@ def failing_minor(m):
     return 0
 
 
-def factor(a, upper=False, tol=-1.0):
+def factor(a, upper=False, tol=NO_CHECK):
     """(L, status): float64 lower Cholesky factors of a (..., d, d), read from its lower triangle
     (its upper one with ``upper``), and one status code per matrix (NaN factors where one failed)."""
     a = np.asarray(a, dtype=np.float64)
@@ -76,7 +76,7 @@ def cholesky(a, upper, out):
     return out, {"a": summary}
 
 
-def mvn_sample(mean, cov, scale_tril, batch, noise, out, fresh, stream, tol=-1.0):
+def mvn_sample(mean, cov, scale_tril, batch, noise, out, *, fresh, stream, tol):
     """x = mean + L noise, with noise drawn as standard_normal(out.shape) would when not given."""
     status = {}
     if cov is not None:
