@@ -154,6 +154,18 @@ def test_no_import_cycles():
     assert not cycles, "\n".join(cycles)
 
 
+def test_backend_functions_are_defined_by_name():
+    """No backend or plan module fills its namespace through globals(): grep finds every function."""
+    bad = [
+        module
+        for module, path in MODULES.items()
+        if layer(module) in ("backend", "plans")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "globals"
+    ]
+    assert not bad, f"globals() in {sorted(set(bad))}"
+
+
 @pytest.mark.parametrize(
     "source, problem",
     [
