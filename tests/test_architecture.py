@@ -1,7 +1,7 @@
 """The package's structure, checked as code so that it stays true.
 
 Imports point down: public modules -> _dispatch -> backends (reference, cpu, cuda) ->
-_plans -> _checks -> _device, with no cycles, no backend importing a public module or
+_plans -> _checks -> _device (and _cache, where it exists), with no cycles, no backend importing a public module or
 another backend, and no public module reaching for a backend's private name. Every
 import statement counts, also those inside functions (lazy imports are still edges).
 """
@@ -18,7 +18,7 @@ from fastgauss import _dispatch
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "fastgauss"
 
 # Lowest first. A module may import modules of its own layer or below, never above.
-LAYERS = ("device", "checks", "plans", "backend", "dispatch", "public")
+LAYERS = ("base", "checks", "plans", "backend", "dispatch", "public")
 BACKENDS = ("fastgauss.reference.", "fastgauss.cpu", "fastgauss.cuda")
 PUBLIC = {
     "fastgauss",
@@ -29,6 +29,7 @@ PUBLIC = {
     "fastgauss.schedules",
     "fastgauss.reference",
 }
+TOOLS = {"fastgauss.__main__", "fastgauss._examples", "fastgauss._bench"}  # the main job: above the public API
 
 
 def _module_name(path):
@@ -42,8 +43,9 @@ MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
 def layer(module):
-    if module == "fastgauss._device" or module.startswith("fastgauss._device."):
-        return "device"
+    """The layer of a module; a module in none fails the tests until it is placed here."""
+    if module == "fastgauss._device" or module.startswith("fastgauss._device.") or module == "fastgauss._cache":
+        return "base"  # scalar math both targets compile; the Numba cache locator
     if module in ("fastgauss._checks", "fastgauss.schedules"):  # validation helpers and the schedule data type
         return "checks"
     if module == "fastgauss._plans" or module.startswith("fastgauss._plans."):
@@ -52,7 +54,9 @@ def layer(module):
         return "backend"
     if module == "fastgauss._dispatch":
         return "dispatch"
-    return "public"
+    if module in PUBLIC or module in TOOLS:
+        return "public"
+    raise AssertionError(f"{module} is in no layer: place it in tests/test_architecture.py's layer()")
 
 
 def backend_package(module):
@@ -91,6 +95,8 @@ GRAPH = {module: imports(module) for module in MODULES}
 
 
 def test_the_graph_sees_the_package():
+    for module in MODULES:
+        layer(module)  # every module has a layer
     assert {"fastgauss.mvn", "fastgauss.cpu.mvn", "fastgauss.cuda.kl", "fastgauss._device.random"} <= set(MODULES)
     assert ("fastgauss._checks", ()) in GRAPH["fastgauss.cpu.kl"]
     assert any(target == "fastgauss._plans.stream" for target, _ in GRAPH["fastgauss.cpu.random"])
