@@ -2,20 +2,97 @@
 
 Public functions call these once, before any backend runs and before anything is
 written; kernels then assume valid, normalized inputs. Host and CUDA arrays are
-handled alike through duck typing, so nothing here imports numba.
+handled alike through duck typing; the few helpers that must touch a CUDA array
+(``numba_view``, ``to_host``, ``empty_like_library``, ``from_host_like``) import
+numba.cuda inside the call, so importing this module imports no numba. This module
+sits below the backends (they use its shape helpers) and imports no other part of
+fastgauss but ``schedules`` (for the NoiseSchedule type).
 """
 
 import numbers
 
 import numpy as np
 
-from fastgauss._dispatch import is_device_array
-
 COMPUTE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def is_scalar(x):
+    """True for a Python or NumPy scalar (numbers.Number, numpy.generic): the one scalar test of
+    fastgauss. Scalars are neutral in backend resolution, never overlap ``out``, and are passed
+    to kernels as values."""
+    return isinstance(x, (numbers.Number, np.generic))
+
+
+def is_device_array(x):
+    """True for CUDA arrays: anything exposing ``__cuda_array_interface__`` (CuPy, PyTorch CUDA,
+    Numba device arrays) and Numba's CUDA-simulator arrays, which lack the interface."""
+    if hasattr(x, "__cuda_array_interface__"):
+        return True
+    module = type(x).__module__
+    return module.startswith(("numba.cuda", "numba_cuda")) and hasattr(x, "copy_to_host")
 
 
 def _is_simulator_array(x):
     return not isinstance(x, np.ndarray) and not hasattr(x, "__cuda_array_interface__")
+
+
+def numba_view(x):
+    """A Numba device-array view of any CUDA array, without a copy."""
+    if hasattr(x, "__cuda_array_interface__") and not hasattr(x, "copy_to_host"):  # CuPy, PyTorch
+        from numba import cuda
+
+        return cuda.as_cuda_array(x)
+    return x
+
+
+def to_host(x):
+    """Copy a (small) CUDA array to a NumPy array: used to validate timesteps."""
+    return numba_view(x).copy_to_host()
+
+
+def empty_like_library(like, shape, dtype):
+    """An uninitialized array of ``shape`` and ``dtype`` from ``like``'s library, on its device."""
+    library = type(like).__module__.split(".")[0]
+    if library == "cupy":
+        import cupy
+
+        with cupy.cuda.Device(like.device.id):
+            return cupy.empty(shape, dtype)
+    if library == "torch":
+        import torch
+
+        return torch.empty(shape, dtype=getattr(torch, np.dtype(dtype).name), device=like.device)
+    from numba import cuda
+
+    return cuda.device_array(shape, dtype)
+
+
+def from_host_like(like, host):
+    """A copy of the small host array ``host`` in ``like``'s library, on its device."""
+    device = empty_like_library(like, host.shape, host.dtype)
+    library = type(device).__module__.split(".")[0]
+    if library == "cupy":
+        device.set(host)
+    elif library == "torch":
+        import torch
+
+        device.copy_(torch.from_numpy(host))
+    else:
+        device.copy_to_device(host)
+    return device
+
+
+def sample_shape(size):
+    """The shape tuple of a ``size=`` argument (an int or a tuple of ints, NumPy's rules)."""
+    if isinstance(size, (numbers.Integral, np.integer)) and not isinstance(size, bool):
+        size = (size,)
+    try:
+        shape = tuple(int(n) for n in size)
+    except TypeError:
+        raise TypeError(f"size must be an int or a tuple of ints; got {size!r}") from None
+    if any(n < 0 for n in shape):
+        raise ValueError(f"size must be non-negative; got {size!r}")
+    return shape
 
 
 def data_array(name, x, on_device):
@@ -100,8 +177,6 @@ def timesteps(t, num_timesteps, data_shape, name="t", low=0):
     if isinstance(t, (numbers.Number, np.generic)):
         raise TypeError(f"{name} must be an integer or an integer array; got {type(t).__name__} {t!r}")
     if is_device_array(t):
-        from fastgauss.cuda import to_host
-
         host = to_host(t)
     else:
         host = np.asarray(t)
@@ -134,8 +209,6 @@ def output(out, shape, dtype, like, inputs, name="out"):
     """
     if out is None:
         if is_device_array(like):
-            from fastgauss.cuda import empty_like_library
-
             return empty_like_library(like, shape, dtype)
         return np.empty(shape, dtype)
     if not isinstance(out, np.ndarray) and not is_device_array(out):
@@ -148,15 +221,11 @@ def output(out, shape, dtype, like, inputs, name="out"):
     if not writeable(out):
         raise ValueError(f"{name} is read-only")
     for input_name, value in inputs.items():
-        if value is None or _is_scalar_like(value) or not may_overlap(out, value):
+        if value is None or is_scalar(value) or not may_overlap(out, value):
             continue
         if not _same_layout(out, value):
             raise ValueError(f"{name} overlaps {input_name} without being the same array; pass a separate array or exactly {input_name}")
     return out
-
-
-def _is_scalar_like(x):
-    return isinstance(x, (numbers.Number, np.generic))
 
 
 def writeable(a):

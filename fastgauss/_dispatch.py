@@ -3,7 +3,7 @@
 Every public op resolves its backend here (``resolve``) and then calls
 ``implementation(op, backend)``: the function of the same name in the backend's
 family module (``fastgauss.reference.<family>``, ``fastgauss.cpu.<family>`` or
-``fastgauss.cuda.<family>``). Backend packages are imported on first use, so
+``fastgauss.cuda.<family>``), with the arguments ``OPS[op]`` declares. Backend packages are imported on first use, so
 ``import fastgauss`` imports neither numba nor numba.cuda.
 """
 
@@ -11,39 +11,60 @@ import contextlib
 import contextvars
 import functools
 import importlib
-import numbers
 import os
 import threading
+from typing import NamedTuple
 
-import numpy as np
+from fastgauss._checks import is_device_array, is_scalar
 
 BACKENDS = ("numpy", "cpu", "cuda")
 _PACKAGES = {"numpy": "fastgauss.reference", "cpu": "fastgauss.cpu", "cuda": "fastgauss.cuda"}
 
-# The one place an op is registered: op name -> family module, which has the
-# same name in reference/, cpu/ and cuda/ and defines a function named like the op.
+class Op(NamedTuple):
+    """An op's registry entry: its family (the module of that name in reference/, cpu/ and cuda/
+    defines a function named like the op) and the backend contract, the arguments that function
+    takes, in order, as a Python parameter list: names after ``*`` are keyword-only, and no
+    argument has a default (the public function passes every one). ``str(op)`` is the family."""
+
+    family: str
+    args: str
+
+    def __str__(self):
+        return self.family
+
+    def parameters(self):
+        """The contract as a list of names, with "*" where keyword-only arguments start."""
+        return [name.strip() for name in self.args.split(",")]
+
+
+_LINEAR = "{}, {}, t, schedule, out"
+_GENERATOR = "out, key, offset"
+
+# The one place an op is registered: op name -> Op(family, backend arguments).
 # Generator methods are ops too: their backend functions fill an output from (key, offset).
+# tests/test_architecture.py holds every backend function to its declared arguments.
 OPS = {
-    "q_sample": "diffusion",
-    "q_posterior": "diffusion",
-    "predict_x0": "diffusion",
-    "predict_eps": "diffusion",
-    "predict_v": "diffusion",
-    "v_to_x0": "diffusion",
-    "v_to_eps": "diffusion",
-    "posterior_mean_from_eps": "diffusion",
-    "ddpm_step": "diffusion",
-    "ddim_step": "diffusion",
-    "philox4x32_10": "random",
-    "standard_normal": "random",
-    "random": "random",
-    "normal_kl": "kl",
-    "normal_logpdf": "kl",
-    "discretized_gaussian_log_likelihood": "kl",
-    "cholesky": "mvn",
-    "mvn_sample": "mvn",
-    "mvn_logpdf": "mvn",
-    "mvn_kl": "mvn",
+    "q_sample": Op("diffusion", "x0, t, schedule, noise, out, noise_out, stream"),
+    "q_posterior": Op("diffusion", _LINEAR.format("x0", "xt")),
+    "predict_x0": Op("diffusion", _LINEAR.format("xt", "eps")),
+    "predict_eps": Op("diffusion", _LINEAR.format("xt", "x0")),
+    "predict_v": Op("diffusion", _LINEAR.format("x0", "eps")),
+    "v_to_x0": Op("diffusion", _LINEAR.format("xt", "v")),
+    "v_to_eps": Op("diffusion", _LINEAR.format("xt", "v")),
+    "posterior_mean_from_eps": Op("diffusion", _LINEAR.format("xt", "eps")),
+    "ddpm_step": Op("diffusion", "model_output, xt, t, schedule, out, *, x0_out, noise, stream, prediction, clip, variance"),
+    "ddim_step": Op("diffusion", "model_output, xt, t, t_prev, schedule, out, *, x0_out, noise, stream, eta, prediction, clip"),
+    "philox4x32_10": Op("random", "counters, keys, out"),
+    "standard_normal": Op("random", _GENERATOR),
+    "normal": Op("random", _GENERATOR + ", loc, scale"),
+    "random": Op("random", _GENERATOR),
+    "normal_kl": Op("kl", "mean1, logvar1, mean2, logvar2, *, shape, reduce, out"),
+    "normal_logpdf": Op("kl", "x, mean, logvar, *, shape, reduce, out"),
+    "discretized_gaussian_log_likelihood": Op("kl", "x, means, log_scales, *, bins, shape, reduce, out"),
+    "cholesky": Op("mvn", "a, upper, out"),
+    "mvn_sample": Op("mvn", "mean, cov, scale_tril, batch, noise, out, *, fresh, stream, tol"),
+    "mvn_logpdf": Op("mvn", "x, mean, cov, scale_tril, batch, out"),
+    "mvn_kl": Op("mvn", "mean1, cov1, mean2, cov2, batch, out"),
 }
 
 ENV_VAR = "FASTGAUSS_BACKEND"
@@ -129,19 +150,6 @@ def backends():
     return usable + ("cuda",) if cuda_unavailable_reason() is None else usable
 
 
-def is_device_array(x):
-    """True for CUDA arrays: anything exposing ``__cuda_array_interface__`` (CuPy, PyTorch CUDA,
-    Numba device arrays) and Numba's CUDA-simulator arrays, which lack the interface."""
-    if hasattr(x, "__cuda_array_interface__"):
-        return True
-    module = type(x).__module__
-    return module.startswith(("numba.cuda", "numba_cuda")) and hasattr(x, "copy_to_host")
-
-
-def _is_scalar(x):
-    return isinstance(x, (numbers.Number, np.generic))
-
-
 def resolve(backend, arrays):
     """Pick the backend for one call and check that the arrays live where it runs.
 
@@ -154,7 +162,7 @@ def resolve(backend, arrays):
         name, source = _check_name(backend, "backend="), "backend="
     else:
         name, source = _configured()
-    on_device = {k: is_device_array(v) for k, v in arrays.items() if v is not None and not _is_scalar(v)}
+    on_device = {k: is_device_array(v) for k, v in arrays.items() if v is not None and not is_scalar(v)}
     if name is None:
         name = "cuda" if any(on_device.values()) else "cpu"
     if name == "cuda":
@@ -183,10 +191,10 @@ def resolve(backend, arrays):
 
 def public_function(op):
     """The public function of ``op``: ``fastgauss.<family>.<op>``, or None for a Generator method."""
-    return getattr(importlib.import_module(f"fastgauss.{OPS[op]}"), op, None)
+    return getattr(importlib.import_module(f"fastgauss.{OPS[op].family}"), op, None)
 
 
 def implementation(op, backend):
     """The backend function for ``op``: ``fastgauss.<backend package>.<family>.<op>``."""
-    module = importlib.import_module(f"{_PACKAGES[backend]}.{OPS[op]}")
+    module = importlib.import_module(f"{_PACKAGES[backend]}.{OPS[op].family}")
     return getattr(module, op)

@@ -95,6 +95,13 @@ def _generator_method(method):
     return examples
 
 
+def _normal(shape, dtype, rng):
+    def draw(size, backend=None):
+        return default_rng(SEED).normal(0.5, 2.0, size, dtype=dtype, backend=backend)
+
+    return [Call("Generator.normal, scalar loc and scale", draw, (tuple(shape),), {})]
+
+
 def _philox(shape, dtype, rng):
     if dtype != np.float32:  # integer op: one dtype is enough
         return []
@@ -237,6 +244,7 @@ EXAMPLES = {
     "philox4x32_10": _philox,
     "standard_normal": _generator_method("standard_normal"),
     "random": _generator_method("random"),
+    "normal": _normal,
     "normal_kl": _normal_kl,
     "normal_logpdf": _normal_logpdf,
     "discretized_gaussian_log_likelihood": _discretized,

@@ -4,9 +4,10 @@ import numbers
 
 import numpy as np
 
-from fastgauss import _checks, _coefficients
+from fastgauss import _checks
+from fastgauss._plans import diffusion as plan
 from fastgauss._dispatch import implementation, resolve
-from fastgauss.random import as_generator, blocks_needed
+from fastgauss._plans.stream import as_stream, blocks_needed
 
 
 def q_sample(x0, t, schedule, noise=None, *, rng=None, out=None, return_noise=False, backend=None):
@@ -85,7 +86,7 @@ def _noise_source(noise, rng, shape, data_name, on_device, **dtypes):
     """(noise array or None, Generator or None, dtypes for the result): exactly one source;
     noise must have the shape of the data argument ``data_name``."""
     if noise is None:
-        return None, as_generator(rng), dtypes
+        return None, as_stream(rng), dtypes
     if rng is not None:
         raise ValueError("pass either noise or rng, not both")
     noise = _checks.data_array("noise", noise, on_device)
@@ -153,9 +154,7 @@ def q_posterior(x0, xt, t, schedule, *, out=None, backend=None):
     tables = (schedule.posterior_variance[t], schedule.posterior_log_variance_clipped[t])
     variance, log_variance = (np.asarray(table, dtype).reshape(per_sample) for table in tables)
     if name == "cuda":
-        from fastgauss.cuda import from_host_like
-
-        variance, log_variance = from_host_like(mean, variance), from_host_like(mean, log_variance)
+        variance, log_variance = _checks.from_host_like(mean, variance), _checks.from_host_like(mean, log_variance)
     return mean, variance, log_variance
 
 
@@ -279,7 +278,10 @@ def ddpm_step(model_output, xt, t, schedule, *, prediction="epsilon", clip=None,
     name, model_output, xt, t, noise, generator, out, dtype, shape = _step_inputs(backend, model_output, xt, t, noise, rng, out, schedule)
     x0_out = _checks.output(None, shape, dtype, like=xt, inputs={}) if return_x0 else None
     stream = generator.reserve(blocks_needed(_checks.size(shape), dtype)) if generator is not None else None
-    implementation("ddpm_step", name)(model_output, xt, t, schedule, out, x0_out, noise, stream, prediction, clip, variance)
+    implementation("ddpm_step", name)(
+        model_output, xt, t, schedule, out,
+        x0_out=x0_out, noise=noise, stream=stream, prediction=prediction, clip=clip, variance=variance,
+    )
     return (out, x0_out) if return_x0 else out
 
 
@@ -310,7 +312,7 @@ def ddim_step(model_output, xt, t, t_prev, schedule, *, eta=0.0, prediction="eps
         raise ValueError(f"eta must be a number >= 0; got {eta!r}")
     name, model_output, xt, t, noise, generator, out, dtype, shape = _step_inputs(backend, model_output, xt, t, noise, rng, out, schedule)
     t_prev = _checks.timesteps(t_prev, schedule.num_timesteps, shape, name="t_prev", low=-1)
-    sigma, _, abar_prev = _coefficients.ddim_sigma(schedule, t, t_prev, eta)
+    sigma, _, abar_prev = plan.ddim_sigma(schedule, t, t_prev, eta)
     bad = np.flatnonzero(~(1 - abar_prev - sigma**2 >= 0))
     if bad.size:
         raise ValueError(f"eta = {eta} is too large: 1 - abar_prev - sigma_t^2 < 0 (first at sample {bad[0]})")
@@ -320,5 +322,8 @@ def ddim_step(model_output, xt, t, t_prev, schedule, *, eta=0.0, prediction="eps
         stream = generator.reserve(blocks_needed(_checks.size(shape), dtype)) if generator is not None else None
     else:
         noise = None  # eta = 0: deterministic, the noise is not used
-    implementation("ddim_step", name)(model_output, xt, t, t_prev, schedule, out, x0_out, noise, stream, eta, prediction, clip)
+    implementation("ddim_step", name)(
+        model_output, xt, t, t_prev, schedule, out,
+        x0_out=x0_out, noise=noise, stream=stream, eta=eta, prediction=prediction, clip=clip,
+    )
     return (out, x0_out) if return_x0 else out

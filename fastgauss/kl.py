@@ -56,24 +56,18 @@ def _bins(bins):
 
 
 def _output(out, result_shape, dtype, args, backend):
-    like = next((v for v in args.values() if not _is_number(v)), None)
+    like = next((v for v in args.values() if not _checks.is_scalar(v)), None)
     if out is None and backend == "cuda" and like is None:  # only scalars: a Numba device array
-        from fastgauss.cuda import empty_like_library
-
-        return empty_like_library(None, result_shape, dtype)
+        return _checks.empty_like_library(None, result_shape, dtype)
     return _checks.output(out, result_shape, dtype, like=like, inputs=args)
 
 
-def _is_number(value):
-    return isinstance(value, (numbers.Number, np.generic))
-
-
-def _call(op, args, reduce, out, backend, *extra):
+def _call(op, args, reduce, out, backend, **extra):
     name = resolve(backend, {**args, "out": out})
     args, shape, dtype = _operands(args, on_device=name == "cuda")
     result_shape = _result_shape(reduce, shape)
     out = _output(out, result_shape, dtype, args, name)
-    implementation(op, name)(*args.values(), *extra, shape, reduce, out)
+    implementation(op, name)(*args.values(), **extra, shape=shape, reduce=reduce, out=out)
     return out
 
 
@@ -221,4 +215,4 @@ def discretized_gaussian_log_likelihood(x, means, log_scales, *, reduce=None, bi
     1.0
     """
     bins = _bins(bins)
-    return _call("discretized_gaussian_log_likelihood", {"x": x, "means": means, "log_scales": log_scales}, reduce, out, backend, bins)
+    return _call("discretized_gaussian_log_likelihood", {"x": x, "means": means, "log_scales": log_scales}, reduce, out, backend, bins=bins)

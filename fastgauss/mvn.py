@@ -23,12 +23,10 @@ import numpy as np
 
 from fastgauss import _checks
 from fastgauss._dispatch import implementation, resolve
-from fastgauss.random import _shape, as_generator, blocks_needed
+from fastgauss._plans.mvn import NO_CHECK, NO_FAILURE
+from fastgauss._plans.stream import as_stream, blocks_needed
 
 __all__ = ["cholesky", "mvn_sample", "mvn_logpdf", "mvn_kl"]
-
-NO_FAILURE = (-1, 0, -1)  # (first failing flat index, its minor order, first asymmetric flat index)
-
 
 def cholesky(a, *, upper=False, backend=None):
     r"""Batched Cholesky factorization: ``L`` with :math:`L L^T = a`, for every matrix of a batch.
@@ -143,7 +141,7 @@ def mvn_sample(mean, cov=None, *, scale_tril=None, size=None, rng=None, noise=No
     """
     if (cov is None) == (scale_tril is None):
         raise ValueError("pass exactly one of cov and scale_tril")
-    out, status, _ = _sample(mean, cov, scale_tril, size, rng, noise, out, backend, tol=-1.0)
+    out, status, _ = _sample(mean, cov, scale_tril, size, rng, noise, out, backend, tol=NO_CHECK)
     return out
 
 
@@ -263,7 +261,7 @@ def multivariate_normal(generator, mean, cov, size=None, check_valid="warn", tol
     if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not tol >= 0:
         raise ValueError(f"tol must be a non-negative number; got {tol!r}")
     checking = check_valid != "ignore"
-    tol_or_off = float(tol) if checking else -1.0
+    tol_or_off = float(tol) if checking else NO_CHECK
     out, status, cov = _sample(mean, cov, None, size, generator, None, None, backend, tol=tol_or_off, raise_failures=False)
     failed, order, asymmetric = status.get("cov", NO_FAILURE)
     batch_shape = _checks.shape_dtype(cov)[0][:-2]
@@ -293,9 +291,7 @@ def _positive_semidefinite(cov, flat_index, tol):
     if isinstance(cov, np.ndarray):
         matrix = cov[batch_index]
     else:
-        from fastgauss.cuda import _numba_view
-
-        matrix = _numba_view(cov)[batch_index].copy_to_host()  # one d x d matrix, on the error path
+        matrix = _checks.numba_view(cov)[batch_index].copy_to_host()  # one d x d matrix, on the error path
     matrix = np.asarray(matrix, np.float64)
     if not np.isfinite(np.tril(matrix)).all():
         return False
@@ -317,8 +313,8 @@ def _sample(mean, cov, scale_tril, size, rng, noise, out, backend, tol, raise_fa
     batch = _broadcast_batch({"mean": mean_shape[:-1], matrix_name: matrix_shape[:-2]})
     tail = batch + (d,)
     if noise is None:
-        generator = as_generator(rng)
-        sample = () if size is None else _shape(size)
+        generator = as_stream(rng)
+        sample = () if size is None else _checks.sample_shape(size)
         dtype = _checks.result_dtype(mean=mean_dtype, **{matrix_name: matrix_dtype})
     else:
         if rng is not None:
@@ -329,8 +325,8 @@ def _sample(mean, cov, scale_tril, size, rng, noise, out, backend, tol, raise_fa
         if len(noise_shape) < len(tail) or noise_shape[len(noise_shape) - len(tail):] != tail:
             raise ValueError(f"noise must have shape sample + batch + (d,) = (...) + {tail}; got {noise_shape}")
         sample = noise_shape[: len(noise_shape) - len(tail)]
-        if size is not None and _shape(size) != sample:
-            raise ValueError(f"size {_shape(size)} disagrees with the sample shape {sample} of noise {noise_shape}")
+        if size is not None and _checks.sample_shape(size) != sample:
+            raise ValueError(f"size {_checks.sample_shape(size)} disagrees with the sample shape {sample} of noise {noise_shape}")
         dtype = _checks.result_dtype(mean=mean_dtype, **{matrix_name: matrix_dtype}, noise=noise_dtype)
     shape = sample + tail
     fresh = out is None
@@ -342,7 +338,7 @@ def _sample(mean, cov, scale_tril, size, rng, noise, out, backend, tol, raise_fa
         stream = generator.reserve(blocks_needed(_checks.size(shape), dtype))
     covariance = matrix if cov is not None else None
     factor = matrix if cov is None else None
-    status = implementation("mvn_sample", name)(mean, covariance, factor, batch, noise, out, fresh, stream, tol)
+    status = implementation("mvn_sample", name)(mean, covariance, factor, batch, noise, out, fresh=fresh, stream=stream, tol=tol)
     if raise_failures:
         _raise_failures(status, {"cov": matrix_shape[:-2]})
     return out, status, matrix
@@ -383,65 +379,11 @@ def _batch_index(flat_index, batch_shape):
 
 
 def _raise_failures(status, batch_shapes):
-    """Raise LinAlgError for the first failing matrix a backend reported, argument by argument."""
+    """Raise LinAlgError for the first failing matrix a backend reported ({name: Failure}), argument by argument."""
     for name in batch_shapes:
-        failed, order = status.get(name, NO_FAILURE)[:2]
-        if failed >= 0:
+        failure = status.get(name, NO_FAILURE)
+        if failure.failed >= 0:
             raise np.linalg.LinAlgError(
-                f"{name} matrix at batch index {_batch_index(failed, batch_shapes[name])} "
-                f"is not positive definite (leading minor of order {order})"
+                f"{name} matrix at batch index {_batch_index(failure.failed, batch_shapes[name])} "
+                f"is not positive definite (leading minor of order {failure.order})"
             )
-
-
-# --- host helpers the compiled backends share ------------------------------------------------
-
-
-def summarize(status):
-    """(first flat index with status > 0, its status, first flat index with status < 0), -1 for none.
-
-    ``status`` holds one code per matrix: 0 factored, k > 0 the order of the failing leading
-    minor, -1 factored but not symmetric within tol.
-    """
-    flat = np.asarray(status).reshape(-1)
-    if not flat.any():
-        return NO_FAILURE
-    failed = np.flatnonzero(flat > 0)
-    asymmetric = np.flatnonzero(flat < 0)
-    first = int(failed[0]) if failed.size else -1
-    return first, int(flat[first]) if failed.size else 0, int(asymmetric[0]) if asymmetric.size else -1
-
-
-def geometry(batch, *operand_batches):
-    """How each operand's batch maps onto the output batch, for kernels.
-
-    Returns (shape, strides...): int64 arrays over the output batch's axes (size-1 axes
-    dropped, mergeable neighbours merged, at least one axis), where an operand's strides
-    are those of its own flat (C-order) batch index, 0 along broadcast axes. The flat
-    index of output batch element b in an operand is then ``operand_index(b, ...)`` of
-    fastgauss._device.mvn: for the common cases (equal batches, or one unbatched
-    operand) a single axis, with stride 1 or 0.
-    """
-    nd = len(batch)
-    per_operand = []
-    for operand in operand_batches:
-        operand = (1,) * (nd - len(operand)) + tuple(operand)
-        strides, step = [], 1
-        for n, full in zip(reversed(operand), reversed(batch)):
-            strides.append(step if n == full and n != 1 else 0)
-            step *= n
-        per_operand.append(strides[::-1])
-    shape, merged = [], [[] for _ in per_operand]
-    for k in range(nd):
-        if batch[k] == 1:
-            continue
-        if shape and all(m[-1] == s[k] * batch[k] for m, s in zip(merged, per_operand)):
-            shape[-1] *= batch[k]
-            for m, s in zip(merged, per_operand):
-                m[-1] = s[k]
-        else:
-            shape.append(batch[k])
-            for m, s in zip(merged, per_operand):
-                m.append(s[k])
-    if not shape:
-        shape, merged = [1], [[0] for _ in per_operand]
-    return (np.array(shape, np.int64),) + tuple(np.array(m, np.int64) for m in merged)

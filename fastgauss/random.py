@@ -36,26 +36,20 @@ sqrt(64 ln 2) = 6.660 and sqrt(108 ln 2) = 8.652 standard deviations.
 """
 
 import numbers
-import threading
 
 import numpy as np
 
 from fastgauss import _checks
 from fastgauss._dispatch import implementation, resolve
+from fastgauss._plans.stream import DTYPES, Stream, blocks_needed
+from fastgauss.mvn import multivariate_normal as _multivariate_normal
 
 __all__ = ["Generator", "default_rng", "philox4x32_10", "as_generator"]
 
-VALUES_PER_BLOCK = {np.dtype(np.float32): 4, np.dtype(np.float64): 2}
 BIT_GENERATOR = "Philox4x32-10"
 
 
-def blocks_needed(size, dtype):
-    """Philox blocks a call producing ``size`` values of ``dtype`` uses (and advances by)."""
-    per_block = VALUES_PER_BLOCK[np.dtype(dtype)]
-    return -(-int(size) // per_block)
-
-
-class Generator:
+class Generator(Stream):
     """A Philox4x32-10 generator: NumPy's Generator interface on fastgauss's backends.
 
     Create one with :func:`default_rng`. Methods take ``backend=`` like every op
@@ -71,14 +65,7 @@ class Generator:
     True
     """
 
-    def __init__(self, seed_sequence):
-        if not isinstance(seed_sequence, np.random.SeedSequence):
-            raise TypeError(f"seed_sequence must be a numpy.random.SeedSequence; got {type(seed_sequence).__name__}")
-        self._seed_sequence = seed_sequence
-        low, high = (int(w) for w in seed_sequence.generate_state(2, np.uint32))
-        self._key = low | high << 32
-        self._counter = 0
-        self._lock = threading.Lock()
+    # __init__(seed_sequence) and reserve(blocks) come from fastgauss._plans.stream.Stream.
 
     def __repr__(self):
         return f"Generator({BIT_GENERATOR}, key={self._key:#018x}, counter={self._counter})"
@@ -101,13 +88,6 @@ class Generator:
                 raise ValueError(f"state[{name!r}] must be in [0, 2**{bits}); got {number}")
         with self._lock:
             self._key, self._counter = int(key), int(counter)
-
-    def reserve(self, blocks):
-        """Take ``blocks`` blocks of the stream: returns (key, offset) and advances the counter."""
-        with self._lock:
-            offset = self._counter
-            self._counter = (offset + int(blocks)) % 2**128
-        return self._key, offset
 
     def spawn(self, n):
         """``n`` independent child generators (keys from SeedSequence.spawn)."""
@@ -137,24 +117,19 @@ class Generator:
         if name == "cuda":
             if not (isinstance(loc, numbers.Real) and isinstance(scale, numbers.Real)):
                 raise TypeError("on the cuda backend, loc and scale must be Python or NumPy scalars")
-            loc_array, scale_array = np.asarray(loc, dtype), np.asarray(scale, dtype)
-        else:
-            loc_array, scale_array = np.asarray(loc, dtype), np.asarray(scale, dtype)
+        loc_array, scale_array = np.asarray(loc, dtype), np.asarray(scale, dtype)
         if np.any(scale_array < 0):
             raise ValueError("scale < 0")
-        shape = np.broadcast_shapes(loc_array.shape, scale_array.shape) if size is None else _shape(size)
+        shape = np.broadcast_shapes(loc_array.shape, scale_array.shape) if size is None else _checks.sample_shape(size)
         try:
             np.broadcast_shapes(loc_array.shape, scale_array.shape, shape)
         except ValueError:
             raise ValueError(f"loc {loc_array.shape} and scale {scale_array.shape} do not broadcast to size {shape}") from None
-        z = self._fill("standard_normal", shape, dtype, None, name)
+        if name == "cuda":  # the device kernel takes loc and scale as values
+            loc_array, scale_array = loc_array[()], scale_array[()]
+        z = self._fill("normal", shape, dtype, None, name, loc=loc_array, scale=scale_array)
         if name == "cuda":
-            from fastgauss.cuda.random import scale_shift
-
-            scale_shift(z, scale_array[()], loc_array[()])
             return z
-        z *= scale_array
-        z += loc_array
         return float(z) if size is None and z.ndim == 0 else z
 
     def multivariate_normal(self, mean, cov, size=None, check_valid="warn", tol=1e-8, *, method="cholesky", backend=None):
@@ -180,22 +155,22 @@ class Generator:
         >>> rng.multivariate_normal([0.0, 1.0], [[1.0, 0.5], [0.5, 2.0]], size=3).shape
         (3, 2)
         """
-        from fastgauss.mvn import multivariate_normal
+        return _multivariate_normal(self, mean, cov, size, check_valid, tol, method, backend)
 
-        return multivariate_normal(self, mean, cov, size, check_valid, tol, method, backend)
-
-    def _fill(self, op, size, dtype, out, backend):
+    def _fill(self, op, size, dtype, out, backend, **parameters):
+        """Reserve the stream for ``size`` values and run ``op``'s backend function on the
+        output: ``op(out, key, offset, **parameters)``."""
         name = resolve(backend, {"out": out})
         dtype = _sample_dtype(dtype, op)
         if out is None:
-            shape = () if size is None else _shape(size)
+            shape = () if size is None else _checks.sample_shape(size)
             target = _allocate(shape, dtype, on_device=name == "cuda")
         else:
             target = _checked_out(out, size, dtype, op)
         count = int(np.prod(_checks.shape_dtype(target)[0]))
         key, offset = self.reserve(blocks_needed(count, dtype))
-        if count:
-            implementation(op, name)(target, key, offset)
+        if count or parameters:  # normal scales and shifts even an empty output, as NumPy would
+            implementation(op, name)(target, key, offset, **parameters)
         if size is None and out is None:
             value = target if isinstance(target, np.ndarray) else target.copy_to_host()
             return float(value[()])
@@ -207,21 +182,9 @@ def _sample_dtype(dtype, op):
         dtype = np.dtype(dtype)
     except TypeError:
         raise TypeError(f"Unsupported dtype {dtype!r} for {op}") from None
-    if dtype not in VALUES_PER_BLOCK:
+    if dtype not in DTYPES:
         raise TypeError(f"Unsupported dtype {dtype!r} for {op}; use float32 or float64")
     return dtype
-
-
-def _shape(size):
-    if isinstance(size, (numbers.Integral, np.integer)) and not isinstance(size, bool):
-        size = (size,)
-    try:
-        shape = tuple(int(n) for n in size)
-    except TypeError:
-        raise TypeError(f"size must be an int or a tuple of ints; got {size!r}") from None
-    if any(n < 0 for n in shape):
-        raise ValueError(f"size must be non-negative; got {size!r}")
-    return shape
 
 
 def _allocate(shape, dtype, on_device):
@@ -236,8 +199,8 @@ def _checked_out(out, size, dtype, op):
     out_shape, out_dtype = _checks.shape_dtype(out)
     if out_dtype != dtype:
         raise TypeError(f"Supplied output array has the wrong type. Expected {dtype}, got {out_dtype}")
-    if size is not None and _shape(size) != tuple(out_shape):
-        raise ValueError(f"size {_shape(size)} must match the shape of out {tuple(out_shape)}")
+    if size is not None and _checks.sample_shape(size) != tuple(out_shape):
+        raise ValueError(f"size {_checks.sample_shape(size)} must match the shape of out {tuple(out_shape)}")
     contiguous = out.flags.c_contiguous if isinstance(out, np.ndarray) else _device_c_contiguous(out)
     if not contiguous or not _checks.writeable(out):
         raise ValueError(f"out for {op} must be a C-contiguous, writeable array")

@@ -17,7 +17,7 @@ import numpy as np, fastgauss
 from fastgauss.cpu import kl
 assert fastgauss.__file__.startswith({package!r}), fastgauss.__file__
 value = fastgauss.normal_kl(np.zeros((1, 3)), 0.0, np.ones((1, 3)), 0.0, backend="cpu")[0, 0]
-stats = kl._normal_kl_rows.stats
+stats = kl._rows.stats
 print(value, sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))
 """
 

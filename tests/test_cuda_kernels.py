@@ -144,7 +144,7 @@ def test_first_flags_atomic_min_over_odd_blocks():
     from numba import cuda
 
     from fastgauss.cuda.mvn import NONE, _first_flags
-    from fastgauss.mvn import summarize
+    from fastgauss._plans.mvn import summarize
 
     status = np.zeros(700, np.int32)
     status[[650, 420, 333, 699]] = [3, 2, 5, 1]  # the first failure in block order is not the first found

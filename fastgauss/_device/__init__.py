@@ -8,16 +8,25 @@ evaluate the same expression in the same order.
 import types
 
 
-def compile_for(jit, module):
+def compile_for(jit, module, overrides=None):
     """Compile every function defined in ``module`` with ``jit``, for one target.
 
     The compiled functions see each other (not the plain Python originals) when
     they call one another, so a module of plain functions becomes a set of device
     functions (``cuda.jit(device=True)``) or CPU functions (``numba.njit``).
+    ``overrides`` maps names of ``module``'s functions to a target's own version of
+    them (the same values, computed another way, e.g. fastgauss.cpu.kl's bit casts),
+    used as given: every compiled function that calls the name calls the override.
     Returns a namespace with the module's constants and the compiled functions.
     """
-    namespace = dict(vars(module))
+    overrides = dict(overrides or {})
+    unknown = sorted(name for name in overrides if not isinstance(vars(module).get(name), types.FunctionType))
+    if unknown:
+        raise ValueError(f"overrides name no function of {module.__name__}: {unknown}")
+    namespace = dict(vars(module), **overrides)
     for name, value in vars(module).items():
+        if name in overrides:
+            continue
         if isinstance(value, types.FunctionType) and value.__module__ == module.__name__:
             clone = types.FunctionType(value.__code__, namespace, name, value.__defaults__, value.__closure__)
             namespace[name] = jit(clone)

@@ -1,25 +1,25 @@
-"""CPU kernels for the diffusion ops.
+"""CPU kernels for the diffusion ops, and the ops' CPU backend functions.
 
 Two kernels serve every op: ``_linear_rows`` (out = a[r] u + b[r] w, for q_sample with
 given noise, the posterior mean and the parameterization conversions) and
 ``_step_flat`` (the fused DDPM/DDIM step, and q_sample with generated noise), with
-per-row coefficients from fastgauss._coefficients.
+per-row coefficients and the noise mode from the shared plan, fastgauss._plans.diffusion.
 """
 
 import numba
 import numpy as np
 
-from fastgauss import _coefficients
 from fastgauss._device import compile_for
 from fastgauss._device import diffusion as _diffusion
+from fastgauss._plans import diffusion as plan
+from fastgauss._plans.diffusion import GENERATED_NOISE, GIVEN_NOISE
 from fastgauss.cpu import CHUNK, as_rows, launch, rows_to_write
-from fastgauss.cpu.random import normal_part, words
+from fastgauss.cpu.random import normal_part
 
 _d = compile_for(numba.njit(error_model="numpy", inline="always"), _diffusion)
 _linear_element = _d.linear_element
 _step_element = _d.step_element
 KERNEL = dict(error_model="numpy", cache=True)
-NO_NOISE, GIVEN_NOISE, GENERATED_NOISE = 0, 1, 2
 
 
 @numba.njit(parallel=True, **KERNEL)
@@ -69,37 +69,74 @@ def _step_flat(xt, model, noise, noise_mode, coefficients, limit, width, out, x0
             segment = end
 
 
-def _run_linear(op, u, w, t, schedule, out):
+def _linear(op, u, w, t, schedule, out):
+    """out = a[t] u + b[t] w with the op's tables (fastgauss._plans.diffusion.LINEAR)."""
     if out.size == 0:
         return
-    rows = _coefficients.row_count(t)
-    a, b = (np.ascontiguousarray(c, out.dtype) for c in _coefficients.linear(op, schedule, np.atleast_1d(t)))
-    with rows_to_write(out, rows) as out_rows:
-        launch(_linear_rows, as_rows(u, rows), as_rows(w, rows), a, b, out_rows)
+    p = plan.linear_plan(op, schedule, t, out.dtype)
+    with rows_to_write(out, p.rows) as out_rows:
+        launch(_linear_rows, as_rows(u, p.rows), as_rows(w, p.rows), p.a, p.b, out_rows)
 
 
-def _run_step(xt, model, t, coefficients, clip, out, x0_out, noise, stream, noise_out=None):
+def _step(xt, model, t, coefficients, clip, out, x0_out, noise, stream, noise_out=None):
+    """The fused step with coefficients (ax, am, k0, kx, km, ks) (fastgauss._plans.diffusion)."""
     if out.size == 0:
         return
-    rows = _coefficients.row_count(t)
-    coefficients = tuple(np.ascontiguousarray(c, out.dtype) for c in coefficients)
-    if noise is not None:
-        # the kernel reads given noise and its own buffer alike: one dtype (a rare
-        # mixed-dtype call pays a converted copy)
-        mode, noise_flat = GIVEN_NOISE, as_rows(noise, 1)[0].astype(out.dtype, copy=False)
-    else:
-        mode, noise_flat = (GENERATED_NOISE if stream is not None else NO_NOISE), np.empty(1, out.dtype)
-    state = words(*stream) if stream is not None else words(0, 0)
-    limit = out.dtype.type(np.inf if clip is None else clip)
+    p = plan.step_plan(t, coefficients, clip, noise, stream, out.dtype)
+    # the kernel reads given noise and its own buffer alike: one dtype (a rare mixed-dtype
+    # call pays a converted copy)
+    noise_flat = as_rows(noise, 1)[0].astype(out.dtype, copy=False) if noise is not None else np.empty(1, out.dtype)
     unused = np.empty(1, out.dtype)
     x0_flat = x0_out.reshape(-1) if x0_out is not None else unused  # fresh, contiguous outputs
     noise_out_flat = noise_out.reshape(-1) if noise_out is not None else unused
     with rows_to_write(out, 1) as out_flat:
         launch(
-            _step_flat, as_rows(xt, 1)[0], as_rows(model, 1)[0], noise_flat, mode, coefficients, limit,
-            out.size // rows, out_flat[0], x0_flat, x0_out is not None, noise_out_flat, noise_out is not None, state,
+            _step_flat, as_rows(xt, 1)[0], as_rows(model, 1)[0], noise_flat, p.noise_mode, p.coefficients, p.limit,
+            out.size // p.rows, out_flat[0], x0_flat, x0_out is not None, noise_out_flat, noise_out is not None, p.state,
         )
 
 
-# q_sample, q_posterior (the mean), the conversions, ddpm_step and ddim_step
-globals().update(_coefficients.backend_ops(_run_linear, _run_step))
+# --- backend functions --------------------------------------------------------------------
+
+
+def q_sample(x0, t, schedule, noise, out, noise_out, stream):
+    if noise is not None:
+        _linear("q_sample", x0, noise, t, schedule, out)
+    else:
+        _step(x0, x0, t, plan.q_sample_generated(schedule, t), None, out, None, None, stream, noise_out)
+
+
+def q_posterior(x0, xt, t, schedule, out):
+    _linear("q_posterior", x0, xt, t, schedule, out)
+
+
+def predict_x0(xt, eps, t, schedule, out):
+    _linear("predict_x0", xt, eps, t, schedule, out)
+
+
+def predict_eps(xt, x0, t, schedule, out):
+    _linear("predict_eps", xt, x0, t, schedule, out)
+
+
+def predict_v(x0, eps, t, schedule, out):
+    _linear("predict_v", x0, eps, t, schedule, out)
+
+
+def v_to_x0(xt, v, t, schedule, out):
+    _linear("v_to_x0", xt, v, t, schedule, out)
+
+
+def v_to_eps(xt, v, t, schedule, out):
+    _linear("v_to_eps", xt, v, t, schedule, out)
+
+
+def posterior_mean_from_eps(xt, eps, t, schedule, out):
+    _linear("posterior_mean_from_eps", xt, eps, t, schedule, out)
+
+
+def ddpm_step(model_output, xt, t, schedule, out, *, x0_out, noise, stream, prediction, clip, variance):
+    _step(xt, model_output, t, plan.ddpm(schedule, t, prediction, variance), clip, out, x0_out, noise, stream)
+
+
+def ddim_step(model_output, xt, t, t_prev, schedule, out, *, x0_out, noise, stream, eta, prediction, clip):
+    _step(xt, model_output, t, plan.ddim(schedule, t, t_prev, eta, prediction), clip, out, x0_out, noise, stream)

@@ -9,6 +9,11 @@ specialization per combination that a program uses:
 - a 1-D C-contiguous (rows or 1,) array: one value per row, shape (B, 1, ..., 1), or one
   value for all (a Python or 0-d scalar).
 
+One kernel, ``_rows``, serves the three ops: its ``op`` argument (a tuple whose length
+names the op, so a compile-time constant) selects the element function from
+fastgauss._device.kl, which Numba inlines into the loop; an op with three operands
+passes a scalar zero as the fourth, which the loop never reads.
+
 Inside a work item each argument becomes either a 1-D slice of the row or one scalar
 (``segment``), and the inner loop reads ``at(segment, j)``: an indexed load or the
 scalar itself. The loop body is then straight-line code that LLVM vectorizes, and a
@@ -23,8 +28,6 @@ added in chunk order. The summation order is a function of the shape alone: resu
 are bitwise identical for any number of threads and on any x86-64 ISA level.
 """
 
-import types as pytypes
-
 import numba
 import numpy as np
 from numba import types
@@ -36,44 +39,52 @@ from fastgauss.cpu import CHUNK, launch
 
 KERNEL = dict(error_model="numpy", cache=True)
 
+# --- this target's versions of fastgauss._device.kl functions ---------------------------------
+# Each is declared with @_replaces(name) where it is defined; compile_for (below) makes every
+# portable function that calls ``name`` call it instead. The same values, fewer instructions.
+
+CPU_VERSIONS = {}
+
+
+def _replaces(name):
+    """Declare the decorated function as the CPU's version of fastgauss._device.kl.<name>."""
+
+    def declare(function):
+        CPU_VERSIONS[name] = function
+        return function
+
+    return declare
+
+
 # --- bit casts: the CPU's pow2 and split_unit ----------------------------------------------
 # The portable versions in fastgauss._device.kl build powers of two by selects (the GPU
 # and the simulator run those); vectorized on the CPU they cost ~300 instructions a 16-wide
 # vector of exps (3.2 ns an element against NumPy's 0.32). Here the exponent field is
 # written and read directly: the same values, a few vector instructions.
 
-_INT_FOR = {types.float32: types.int32, types.float64: types.int64}
-_FLOAT_FOR = {types.int32: types.float32, types.int64: types.float64}
+# float32 <-> int32 and float64 <-> int64: the type whose bits a value is reinterpreted as
+_SAME_BITS = {types.float32: types.int32, types.float64: types.int64, types.int32: types.float32, types.int64: types.float64}
 
 
 @intrinsic
-def _float_bits(typingctx, value):
-    """The bits of a float32 / float64 as an int32 / int64."""
-    if value not in _INT_FOR:
+def _reinterpret(typingctx, value):
+    """The bits of a float32 / float64 as an int32 / int64, or the float whose bits an int32 /
+    int64 holds: one bitcast, no instruction of its own in vector code."""
+    if value not in _SAME_BITS:
         return None
 
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], context.get_value_type(signature.return_type))
 
-    return _INT_FOR[value](value), codegen
+    return _SAME_BITS[value](value), codegen
 
 
-@intrinsic
-def _bits_float(typingctx, bits):
-    """The float32 / float64 whose bits are an int32 / int64."""
-    if bits not in _FLOAT_FOR:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(signature.return_type))
-
-    return _FLOAT_FOR[bits](bits), codegen
-
-
+@_replaces("pow2")
 def _pow2(h, c):
     """2**h by writing the exponent field (h integral, in the dtype's normal range)."""
 
 
+@_replaces("split_unit")
 def _split_unit(x, c):
     """(m, e), x = m 2**e, m in [sqrt(1/2), sqrt(2)), by reading the exponent field (x normal, > 0)."""
 
@@ -89,7 +100,7 @@ def _layout(dtype):
 def _pow2_impl(h, c):
     _, integer, mantissa_bits, bias, _, _ = _layout(h)
     shift, offset = integer(mantissa_bits), integer(bias)
-    return lambda h, c: _bits_float(integer((integer(h) + offset) << shift))  # Numba widens int32 math: narrow it back
+    return lambda h, c: _reinterpret(integer((integer(h) + offset) << shift))  # Numba widens int32 math: narrow it back
 
 
 @overload(_split_unit, inline="always", jit_options=KERNEL)
@@ -98,8 +109,8 @@ def _split_unit_impl(x, c):
     shift, offset, mask, one = integer(mantissa_bits), integer(bias), integer(mantissa_mask), integer(one_bits)
 
     def impl(x, c):
-        bits = _float_bits(x)
-        m = _bits_float(integer((bits & mask) | one))  # in [1, 2)
+        bits = _reinterpret(x)
+        m = _reinterpret(integer((bits & mask) | one))  # in [1, 2)
         e = real((bits >> shift) - offset)
         big = m > c.sqrt_half * c.two
         m = m * c.half if big else m
@@ -114,10 +125,12 @@ def _split_unit_impl(x, c):
 # operations: exp 0.50 -> 0.31 ns an element on one core).
 
 
+@_replaces("taylor")
 def _taylor(r, c):
     """fastgauss._device.kl.taylor at the degree of r's dtype."""
 
 
+@_replaces("atanh_series")
 def _atanh_series(z, c):
     """fastgauss._device.kl.atanh_series at the length of z's dtype."""
 
@@ -155,16 +168,7 @@ _kl_taylor = numba.njit(error_model="numpy", inline="always")(_kl.taylor)
 _kl_atanh_series = numba.njit(error_model="numpy", inline="always")(_kl.atanh_series)
 
 
-def _cpu_module():
-    """fastgauss._device.kl with pow2, split_unit, taylor and atanh_series replaced by the
-    versions above (the same values)."""
-    module = pytypes.ModuleType(_kl.__name__)
-    module.__dict__.update(vars(_kl))
-    module.pow2, module.split_unit, module.taylor, module.atanh_series = _pow2, _split_unit, _taylor, _atanh_series
-    return module
-
-
-_d = _device.compile_for(numba.njit(error_model="numpy", inline="always"), _cpu_module())
+_d = _device.compile_for(numba.njit(error_model="numpy", inline="always"), _kl, overrides=CPU_VERSIONS)
 _normal_kl = _d.normal_kl
 _normal_logpdf = _d.normal_logpdf
 _discretized = _d.discretized_gaussian_log_likelihood
@@ -181,6 +185,12 @@ def at(s, j):
 
 @overload(segment, inline="always", jit_options=KERNEL)
 def _segment(a, r, start, stop):
+    if not isinstance(a, types.Array):  # an operand an op does not have (see _run)
+
+        def absent(a, r, start, stop):
+            return a
+
+        return absent
     if a.ndim == 2:
 
         def row_slice(a, r, start, stop):
@@ -253,54 +263,42 @@ def _combine(partials, chunks_per_row, width, mode, sums):
         sums[r] = total / width if mode == 2 else total
 
 
+# The element function a _rows call computes is fixed at compile time by the type of its
+# ``op`` argument, a tuple of zeros whose length names it (as cpu/mvn's ``dims`` fixes d):
+# one specialization per op and operand kinds, each inner loop the op's element inlined.
+OPS = {"normal_kl": (0,), "normal_logpdf": (0, 0), "discretized_gaussian_log_likelihood": (0, 0, 0)}
+
+
+def element(op, a, b, v, w, extra, c):
+    """The element function of ``op`` on the operand values a, b, v (and w for normal_kl) and
+    ``extra`` (half_bin for the discretized likelihood)."""
+
+
+@overload(element, inline="always", jit_options=KERNEL)
+def _element(op, a, b, v, w, extra, c):
+    if op.count == len(OPS["normal_kl"]):
+        return lambda op, a, b, v, w, extra, c: _normal_kl(a, b, v, w, c)
+    if op.count == len(OPS["normal_logpdf"]):
+        return lambda op, a, b, v, w, extra, c: _normal_logpdf(a, b, v, c)
+    return lambda op, a, b, v, w, extra, c: _discretized(a, b, v, extra, c)
+
+
 @numba.njit(parallel=True, **KERNEL)
-def _normal_kl_rows(mean1, logvar1, mean2, logvar2, c, values, partials, rows, width, chunks_per_row, rows_per_item):
+def _rows(op, a, b, v, w, extra, c, values, partials, rows, width, chunks_per_row, rows_per_item):
+    """values[r, start:stop] = element(op, ...) for each work item; or, when reducing (partials
+    not empty), one float64 partial sum per (row, chunk) of those values."""
     reducing = partials.size > 0
     for item in numba.prange(-(-rows // rows_per_item) * chunks_per_row):
         first, last, chunk, start, stop = _item(item, rows, width, chunks_per_row, rows_per_item)
         buffer = np.empty(stop - start if reducing else 0, values.dtype)
         for r in range(first, last):
-            m1 = segment(mean1, r, start, stop)
-            l1 = segment(logvar1, r, start, stop)
-            m2 = segment(mean2, r, start, stop)
-            l2 = segment(logvar2, r, start, stop)
+            sa = segment(a, r, start, stop)
+            sb = segment(b, r, start, stop)
+            sv = segment(v, r, start, stop)
+            sw = segment(w, r, start, stop)
             target = buffer if reducing else values[r, start:stop]
             for j in range(target.size):
-                target[j] = _normal_kl(at(m1, j), at(l1, j), at(m2, j), at(l2, j), c)
-            if reducing:
-                partials[r * chunks_per_row + chunk] = _chunk_sum(target)
-
-
-@numba.njit(parallel=True, **KERNEL)
-def _normal_logpdf_rows(x, mean, logvar, c, values, partials, rows, width, chunks_per_row, rows_per_item):
-    reducing = partials.size > 0
-    for item in numba.prange(-(-rows // rows_per_item) * chunks_per_row):
-        first, last, chunk, start, stop = _item(item, rows, width, chunks_per_row, rows_per_item)
-        buffer = np.empty(stop - start if reducing else 0, values.dtype)
-        for r in range(first, last):
-            xs = segment(x, r, start, stop)
-            ms = segment(mean, r, start, stop)
-            ls = segment(logvar, r, start, stop)
-            target = buffer if reducing else values[r, start:stop]
-            for j in range(target.size):
-                target[j] = _normal_logpdf(at(xs, j), at(ms, j), at(ls, j), c)
-            if reducing:
-                partials[r * chunks_per_row + chunk] = _chunk_sum(target)
-
-
-@numba.njit(parallel=True, **KERNEL)
-def _discretized_rows(x, means, log_scales, half_bin, c, values, partials, rows, width, chunks_per_row, rows_per_item):
-    reducing = partials.size > 0
-    for item in numba.prange(-(-rows // rows_per_item) * chunks_per_row):
-        first, last, chunk, start, stop = _item(item, rows, width, chunks_per_row, rows_per_item)
-        buffer = np.empty(stop - start if reducing else 0, values.dtype)
-        for r in range(first, last):
-            xs = segment(x, r, start, stop)
-            ms = segment(means, r, start, stop)
-            ls = segment(log_scales, r, start, stop)
-            target = buffer if reducing else values[r, start:stop]
-            for j in range(target.size):
-                target[j] = _discretized(at(xs, j), at(ms, j), at(ls, j), half_bin, c)
+                target[j] = element(op, at(sa, j), at(sb, j), at(sv, j), at(sw, j), extra, c)
             if reducing:
                 partials[r * chunks_per_row + chunk] = _chunk_sum(target)
 
@@ -329,8 +327,10 @@ def _plan(rows, width):
     return chunks_per_row, rows_per_item
 
 
-def _run(kernel, arrays, extra, shape, reduce, out):
-    """Normalize the operands, run ``kernel`` once, reduce or write into ``out``."""
+def _run(op, arrays, extra, shape, reduce, out):
+    """Normalize the operands, run op's kernel once, reduce or write into ``out``. An op with
+    three operands passes a zero for the fourth, and ``extra`` is a zero where it has none:
+    the kernel reads neither, so they cost nothing."""
     dtype = out.dtype
     rows = shape[0] if len(shape) else 1
     width = _checks.size(shape[1:])
@@ -345,32 +345,31 @@ def _run(kernel, arrays, extra, shape, reduce, out):
         # Elementwise over full tensors and scalars: one long row, so narrow rows (B, 3) cost no more.
         arrays = [np.reshape(a, (1, -1) if np.size(a) > 1 else (1,)) if np.ndim(a) else a for a in arrays]
         rows, width, shape = 1, rows * width, (1, rows * width)
-    operands = [operand(a, shape, rows, width, dtype) for a in arrays]
+    operands = [operand(a, shape, rows, width, dtype) for a in arrays] + [dtype.type(0)] * (4 - len(arrays))
     chunks_per_row, rows_per_item = _plan(rows, width)
     c = _kl.constants(dtype)
     if reduce is None:
         values = out.reshape(rows, width) if out.flags.c_contiguous else np.empty((rows, width), dtype)
         partials = np.empty(0)
-        launch(kernel, *operands, *extra, c, values, partials, rows, width, chunks_per_row, rows_per_item)
+        launch(_rows, OPS[op], *operands, extra, c, values, partials, rows, width, chunks_per_row, rows_per_item)
         if not np.may_share_memory(values, out):
             out[...] = values.reshape(out.shape)
         return
     partials = np.empty(rows * chunks_per_row)
-    launch(kernel, *operands, *extra, c, np.empty((1, 1), dtype), partials, rows, width, chunks_per_row, rows_per_item)
+    launch(_rows, OPS[op], *operands, extra, c, np.empty((1, 1), dtype), partials, rows, width, chunks_per_row, rows_per_item)
     sums = out if out.flags.c_contiguous else np.empty(rows, dtype)
     launch(_combine, partials, chunks_per_row, width, MODES[reduce], sums)
     if sums is not out:
         out[...] = sums
 
 
-def normal_kl(mean1, logvar1, mean2, logvar2, shape, reduce, out):
-    _run(_normal_kl_rows, (mean1, logvar1, mean2, logvar2), (), shape, reduce, out)
+def normal_kl(mean1, logvar1, mean2, logvar2, *, shape, reduce, out):
+    _run("normal_kl", (mean1, logvar1, mean2, logvar2), out.dtype.type(0), shape, reduce, out)
 
 
-def normal_logpdf(x, mean, logvar, shape, reduce, out):
-    _run(_normal_logpdf_rows, (x, mean, logvar), (), shape, reduce, out)
+def normal_logpdf(x, mean, logvar, *, shape, reduce, out):
+    _run("normal_logpdf", (x, mean, logvar), out.dtype.type(0), shape, reduce, out)
 
 
-def discretized_gaussian_log_likelihood(x, means, log_scales, bins, shape, reduce, out):
-    half_bin = out.dtype.type(1.0 / bins)
-    _run(_discretized_rows, (x, means, log_scales), (half_bin,), shape, reduce, out)
+def discretized_gaussian_log_likelihood(x, means, log_scales, *, bins, shape, reduce, out):
+    _run("discretized_gaussian_log_likelihood", (x, means, log_scales), out.dtype.type(1.0 / bins), shape, reduce, out)

@@ -19,9 +19,11 @@ import numpy as np
 
 from fastgauss import _device
 from fastgauss._device import mvn as _mvn
+from fastgauss._plans import mvn as plan
+from fastgauss._plans.mvn import NO_FAILURE, geometry, summarize
+from fastgauss._plans.stream import words
 from fastgauss.cpu import launch, rows_to_write
-from fastgauss.cpu.random import normal_part, words
-from fastgauss.mvn import NO_FAILURE, geometry, summarize
+from fastgauss.cpu.random import normal_part
 
 _d = _device.compile_for(numba.njit(error_model="numpy", inline="always"), _mvn)
 _operand_index = _d.operand_index
@@ -178,8 +180,8 @@ def _lapack(a, upper, dtype):
     return L if np.all(np.diagonal(L, axis1=-2, axis2=-1) > 0) else None
 
 
-def factor_batch(a, upper=False, tol=-1.0, dtype=np.float64, out=None):
-    """(L, summary) for a (count, d, d): LAPACK from LAPACK_MIN_D up, else the kernel into ``out``.
+def factor_batch(a, upper=False, tol=plan.NO_CHECK, dtype=np.float64, out=None):
+    """(L, Failure) for a (count, d, d): LAPACK from LAPACK_MIN_D up, else the kernel into ``out``.
 
     When LAPACK reports a failure, the kernel runs instead, to name the first failing
     matrix and minor by the same rule as the small-matrix path.
@@ -198,7 +200,7 @@ def factor_batch(a, upper=False, tol=-1.0, dtype=np.float64, out=None):
                 close = np.abs(a - mirror) <= tol + tol * np.minimum(np.abs(a), np.abs(mirror))
                 bad = np.flatnonzero(~np.all(close, axis=(-2, -1)))
                 asymmetric = int(bad[0]) if bad.size else -1
-            return L, (-1, 0, asymmetric)
+            return L, plan.Failure(-1, 0, asymmetric)
     status = np.empty(count, np.int32)
     launch(_cholesky, a, upper, tol, per_chunk(count), dims(d), out, status)
     return out, summarize(status)
@@ -216,31 +218,30 @@ def _vectors(x, dtype):
     return np.ascontiguousarray(x.reshape((int(np.prod(x.shape[:-1])), x.shape[-1])), dtype=dtype)
 
 
+# What the shared plan (fastgauss._plans.mvn) needs from this target: LAPACK factors from
+# LAPACK_MIN_D up, so only smaller orders are fused.
+TARGET = plan.Target(fuses=lambda d: d < LAPACK_MIN_D, factor_batch=factor_batch, summarize=summarize)
+
+
 # --- backend functions ------------------------------------------------------------------------
 
 
 def cholesky(a, upper, out):
     # out is fresh and C-contiguous, so _matrices(out) is a view of it
-    L, summary = factor_batch(_matrices(a, out.dtype), upper, -1.0, out.dtype, _matrices(out, out.dtype))
+    L, summary = factor_batch(_matrices(a, out.dtype), upper, plan.NO_CHECK, out.dtype, _matrices(out, out.dtype))
     return L.reshape(out.shape), {"a": summary}
 
 
-def mvn_sample(mean, cov, scale_tril, batch, noise, out, fresh, stream, tol=-1.0):
+def mvn_sample(mean, cov, scale_tril, batch, noise, out, *, fresh, stream, tol):
     d = out.shape[-1]
     matrix = cov if cov is not None else scale_tril
-    mat = _matrices(matrix, out.dtype)
-    nbatch = int(np.prod(batch))
     vectors = out.size // d if d else 0
     # Fused: each covariance serves exactly one output vector, so it is factored in the
     # sampling pass. Otherwise each is factored once, first, into a float64 scratch.
-    fused = cov is not None and mat.shape[0] == vectors and 0 < d < LAPACK_MIN_D
-    status = {}
-    if cov is not None and not fused:
-        mat, status["cov"] = factor_batch(mat, tol=tol)
-        if status["cov"][0] >= 0 or vectors == 0:
-            return status
-    if vectors == 0:
-        return status
+    factors = plan.factor_first(TARGET, [("cov", _matrices(matrix, out.dtype), cov is not None)], vectors, tol)
+    if factors.done:
+        return factors.status
+    (mat,), (fused,) = factors.mats, factors.fused
     shape, mean_strides, mat_strides = geometry(batch, mean.shape[:-1], matrix.shape[:-2])
     generate = noise is None
     noise_flat = np.empty(0, out.dtype) if generate else np.ascontiguousarray(noise.reshape(-1), dtype=out.dtype)
@@ -249,13 +250,12 @@ def mvn_sample(mean, cov, scale_tril, batch, noise, out, fresh, stream, tol=-1.0
     target = out if fresh or not fused else np.empty(out.shape, out.dtype)  # a user's out: written once all factored
     with rows_to_write(target, 1) as flat:
         launch(
-            _sample, _vectors(mean, out.dtype), mat, fused, tol, shape, mean_strides, mat_strides, nbatch,
+            _sample, _vectors(mean, out.dtype), mat, fused, tol, shape, mean_strides, mat_strides, int(np.prod(batch)),
             noise_flat, generate, state, per_chunk(vectors), dims(d), flat[0], codes,
         )
-    if fused:
-        status["cov"] = summarize(codes)
-        if status["cov"][0] < 0 and target is not out:
-            out[...] = target
+    status = plan.record_fused(TARGET, factors, ["cov"], [codes])
+    if not plan.any_failed(status) and target is not out:
+        out[...] = target
     return status
 
 
@@ -276,18 +276,12 @@ def _float64_result(out):
 
 
 def mvn_logpdf(x, mean, cov, scale_tril, batch, out):
-    d = x.shape[-1]
     matrix = cov if cov is not None else scale_tril
-    mat = _matrices(matrix, np.float64)
     n = out.size
-    fused = cov is not None and mat.shape[0] == n and d < LAPACK_MIN_D
-    status = {}
-    if cov is not None and not fused:
-        mat, status["cov"] = factor_batch(mat)
-        if status["cov"][0] >= 0:
-            return status
-    if n == 0:
-        return status
+    factors = plan.factor_first(TARGET, [("cov", _matrices(matrix, np.float64), cov is not None)], n)
+    if factors.done:
+        return factors.status
+    (mat,), (fused,) = factors.mats, factors.fused
     shape, x_strides, mean_strides, mat_strides = geometry(batch, x.shape[:-1], mean.shape[:-1], matrix.shape[:-2])
     codes = np.zeros(mat.shape[0] if fused else 0, np.int32)
     with _float64_result(out) as result:
@@ -295,24 +289,15 @@ def mvn_logpdf(x, mean, cov, scale_tril, batch, out):
             _logpdf, _vectors(x, np.float64), _vectors(mean, np.float64), mat, fused,
             shape, x_strides, mean_strides, mat_strides, per_chunk(n), result, codes,
         )
-    if fused:
-        status["cov"] = summarize(codes)
-    return status
+    return plan.record_fused(TARGET, factors, ["cov"], [codes])
 
 
 def mvn_kl(mean1, cov1, mean2, cov2, batch, out):
-    d = mean1.shape[-1]
     n = out.size
-    mats, fused, status = [], [], {}
-    for name, cov in (("cov1", cov1), ("cov2", cov2)):
-        mat = _matrices(cov, np.float64)
-        fuse = mat.shape[0] == n and d < LAPACK_MIN_D
-        if not fuse:
-            mat, status[name] = factor_batch(mat)
-        mats.append(mat)
-        fused.append(fuse)
-    if any(status.get(name, NO_FAILURE)[0] >= 0 for name in ("cov1", "cov2")) or n == 0:
-        return status
+    factors = plan.factor_first(TARGET, [("cov1", _matrices(cov1, np.float64), True), ("cov2", _matrices(cov2, np.float64), True)], n)
+    if factors.done:
+        return factors.status
+    mats, fused = factors.mats, factors.fused
     shape, *strides = geometry(batch, mean1.shape[:-1], cov1.shape[:-2], mean2.shape[:-1], cov2.shape[:-2])
     codes = [np.zeros(mat.shape[0] if fuse else 0, np.int32) for mat, fuse in zip(mats, fused)]
     with _float64_result(out) as result:
@@ -320,7 +305,4 @@ def mvn_kl(mean1, cov1, mean2, cov2, batch, out):
             _kl_kernel, _vectors(mean1, np.float64), mats[0], fused[0], _vectors(mean2, np.float64), mats[1], fused[1],
             shape, np.stack(strides), per_chunk(n), result, codes[0], codes[1],
         )
-    for name, fuse, code in zip(("cov1", "cov2"), fused, codes):
-        if fuse:
-            status[name] = summarize(code)
-    return status
+    return plan.record_fused(TARGET, factors, ["cov1", "cov2"], codes)

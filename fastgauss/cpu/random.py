@@ -1,4 +1,4 @@
-"""CPU kernels of the counter-based generator (stream layout: fastgauss.reference.random).
+"""CPU kernels of the counter-based generator (stream layout: fastgauss._plans.stream).
 
 The scalar math comes from fastgauss._device.random, compiled here with
 inline="always" (Numba-level inlining: LLVM alone would not inline the ten Philox
@@ -11,9 +11,11 @@ non-zero start keeps Numba's negative-index check and runs 10x slower.
 import numba
 import numpy as np
 from numba.extending import overload
+from numba.np.numpy_support import as_dtype
 
 from fastgauss import _device
 from fastgauss._device import random as _random
+from fastgauss._plans.stream import values_per_block as _values_per_block_of, words
 from fastgauss.cpu import launch
 
 _d = _device.compile_for(numba.njit(error_model="numpy", inline="always"), _random)
@@ -112,7 +114,7 @@ def _is_float32(array_type):
 
 @overload(values_per_block, jit_options=KERNEL)
 def _values_per_block(part):
-    per_block = 4 if _is_float32(part) else 2
+    per_block = _values_per_block_of(as_dtype(part.dtype))
     return lambda part: per_block
 
 
@@ -142,19 +144,20 @@ def _fill(out, normal, state):
             uniform_part(part, start, state)
 
 
-def words(key, offset):
-    """(k0, k1, o0, o1, o2, o3): the key and the 128-bit counter offset as uint64 words."""
-    return tuple(np.uint64((key >> s) & 0xFFFFFFFF) for s in (0, 32)) + tuple(
-        np.uint64((offset >> s) & 0xFFFFFFFF) for s in (0, 32, 64, 96)
-    )
-
-
 def standard_normal(out, key, offset):
     launch(_fill, out.reshape(-1), True, words(key, offset))
 
 
 def random(out, key, offset):
     launch(_fill, out.reshape(-1), False, words(key, offset))
+
+
+def normal(out, key, offset, loc, scale):
+    """loc + scale z in place (NumPy's broadcasting in-place ops: memory speed)."""
+    if out.size:
+        standard_normal(out, key, offset)
+    out *= scale
+    out += loc
 
 
 @numba.njit(parallel=True, **KERNEL)

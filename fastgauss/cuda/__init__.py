@@ -6,11 +6,10 @@ Kernels launch on the default stream, which orders them after work queued on the
 legacy default stream by CuPy and PyTorch.
 """
 
-import numpy as np
-from numba import cuda
 from numba.cuda.core.caching import CacheImpl
 
 from fastgauss import _cache
+from fastgauss._checks import empty_like_library, from_host_like, numba_view, to_host  # noqa: F401
 
 _cache.install(CacheImpl)  # before any kernel is defined: cached kernels follow _device/ edits
 
@@ -19,46 +18,9 @@ MAX_GRID_X = 1024  # blocks per row: enough to fill a GPU; a grid-stride loop co
 MAX_GRID_Y = 65535  # CUDA's limit for gridDim.y
 
 
-def _numba_view(x):
-    """A Numba device-array view of any CUDA array, without a copy."""
-    if hasattr(x, "__cuda_array_interface__") and not hasattr(x, "copy_to_host"):  # CuPy, PyTorch
-        return cuda.as_cuda_array(x)
-    return x
-
-
-def to_host(x):
-    """Copy a (small) CUDA array to a NumPy array: used to validate timesteps."""
-    return _numba_view(x).copy_to_host()
-
-
-def empty_like_library(like, shape, dtype):
-    """An uninitialized array of ``shape`` and ``dtype`` from ``like``'s library, on its device."""
-    library = type(like).__module__.split(".")[0]
-    if library == "cupy":
-        import cupy
-
-        with cupy.cuda.Device(like.device.id):
-            return cupy.empty(shape, dtype)
-    if library == "torch":
-        import torch
-
-        return torch.empty(shape, dtype=getattr(torch, np.dtype(dtype).name), device=like.device)
-    return cuda.device_array(shape, dtype)
-
-
-def from_host_like(like, host):
-    """A copy of the small host array ``host`` in ``like``'s library, on its device."""
-    device = empty_like_library(like, host.shape, host.dtype)
-    library = type(device).__module__.split(".")[0]
-    if library == "cupy":
-        device.set(host)
-    elif library == "torch":
-        import torch
-
-        device.copy_(torch.from_numpy(host))
-    else:
-        device.copy_to_device(host)
-    return device
+# The array-kind helpers live in fastgauss._checks (below the backends); the cuda modules
+# use them under these names.
+_numba_view = numba_view
 
 
 def as_rows(name, a, rows):

@@ -1,21 +1,21 @@
-"""CUDA kernels for the diffusion ops: the same two kernels as the CPU backend
-(``_linear_rows`` and the fused step), with the same coefficients and element code; the
-ops themselves come from _coefficients.backend_ops, shared with the CPU backend."""
+"""CUDA kernels for the diffusion ops, and the ops' CUDA backend functions: the same two
+kernels as the CPU backend (``_linear_rows`` and the fused step), with the same element
+code and the same plan (coefficients and noise mode from fastgauss._plans.diffusion)."""
 
-import numpy as np
 from numba import cuda
 
-from fastgauss import _coefficients
 from fastgauss._checks import shape_dtype
 from fastgauss._device import compile_for
 from fastgauss._device import diffusion as _diffusion
+from fastgauss._plans import diffusion as plan
+from fastgauss._plans.diffusion import GENERATED_NOISE, GIVEN_NOISE
+from fastgauss._plans.stream import values_per_block
 from fastgauss.cuda import as_flat, as_rows, grid
-from fastgauss.cuda.random import launch_config, normals, words
+from fastgauss.cuda.random import launch_config, normals
 
 _d = compile_for(cuda.jit(device=True), _diffusion)
 _linear_element = _d.linear_element
 _step_element = _d.step_element
-NO_NOISE, GIVEN_NOISE, GENERATED_NOISE = 0, 1, 2
 
 
 @cuda.jit(cache=True)
@@ -57,36 +57,77 @@ def _step_blocks(xt, model, noise, noise_mode, ax, am, k0, kx, km, ks, limit, wi
                     noise_out[e] = z[lane]
 
 
-def _run_linear(op, u, w, t, schedule, out):
+def _linear(op, u, w, t, schedule, out):
+    """out = a[t] u + b[t] w with the op's tables (fastgauss._plans.diffusion.LINEAR)."""
     shape, dtype = shape_dtype(out)
     if 0 in shape:
         return
-    rows = _coefficients.row_count(t)
-    a, b = (cuda.to_device(np.ascontiguousarray(c, dtype)) for c in _coefficients.linear(op, schedule, np.atleast_1d(t)))
-    out_rows = as_rows("out", out, rows)
+    p = plan.linear_plan(op, schedule, t, dtype)
+    out_rows = as_rows("out", out, p.rows)
     blocks, threads = grid(*out_rows.shape)
-    _linear_rows[blocks, threads](as_rows("u", u, rows), as_rows("w", w, rows), a, b, out_rows)
+    _linear_rows[blocks, threads](as_rows("u", u, p.rows), as_rows("w", w, p.rows), cuda.to_device(p.a), cuda.to_device(p.b), out_rows)
 
 
-def _run_step(xt, model, t, coefficients, clip, out, x0_out, noise, stream, noise_out=None):
+def _step(xt, model, t, coefficients, clip, out, x0_out, noise, stream, noise_out=None):
+    """The fused step with coefficients (ax, am, k0, kx, km, ks) (fastgauss._plans.diffusion)."""
     shape, dtype = shape_dtype(out)
     if 0 in shape:
         return
-    rows = _coefficients.row_count(t)
-    coefficients = [cuda.to_device(np.ascontiguousarray(c, dtype)) for c in coefficients]
+    p = plan.step_plan(t, coefficients, clip, noise, stream, dtype)
     out_flat = as_flat("out", out)
     unused = cuda.device_array(1, dtype)
-    mode = GIVEN_NOISE if noise is not None else (GENERATED_NOISE if stream is not None else NO_NOISE)
-    per_block = 4 if dtype == np.float32 else 2
+    per_block = values_per_block(dtype)
     blocks, threads = launch_config(-(-out_flat.size // per_block))
     _step_blocks[blocks, threads](
-        as_flat("xt", xt), as_flat("model_output", model), as_flat("noise", noise) if noise is not None else unused, mode,
-        *coefficients, dtype.type(np.inf if clip is None else clip), out_flat.size // rows, out_flat,
+        as_flat("xt", xt), as_flat("model_output", model), as_flat("noise", noise) if noise is not None else unused, p.noise_mode,
+        *(cuda.to_device(c) for c in p.coefficients), p.limit, out_flat.size // p.rows, out_flat,
         as_flat("x0", x0_out) if x0_out is not None else unused, x0_out is not None,
         as_flat("noise", noise_out) if noise_out is not None else unused, noise_out is not None,
-        per_block, *words(*(stream if stream is not None else (0, 0))),
+        per_block, *p.state,
     )
 
 
-# q_sample, q_posterior (the mean), the conversions, ddpm_step and ddim_step
-globals().update(_coefficients.backend_ops(_run_linear, _run_step))
+# --- backend functions --------------------------------------------------------------------
+
+
+def q_sample(x0, t, schedule, noise, out, noise_out, stream):
+    if noise is not None:
+        _linear("q_sample", x0, noise, t, schedule, out)
+    else:
+        _step(x0, x0, t, plan.q_sample_generated(schedule, t), None, out, None, None, stream, noise_out)
+
+
+def q_posterior(x0, xt, t, schedule, out):
+    _linear("q_posterior", x0, xt, t, schedule, out)
+
+
+def predict_x0(xt, eps, t, schedule, out):
+    _linear("predict_x0", xt, eps, t, schedule, out)
+
+
+def predict_eps(xt, x0, t, schedule, out):
+    _linear("predict_eps", xt, x0, t, schedule, out)
+
+
+def predict_v(x0, eps, t, schedule, out):
+    _linear("predict_v", x0, eps, t, schedule, out)
+
+
+def v_to_x0(xt, v, t, schedule, out):
+    _linear("v_to_x0", xt, v, t, schedule, out)
+
+
+def v_to_eps(xt, v, t, schedule, out):
+    _linear("v_to_eps", xt, v, t, schedule, out)
+
+
+def posterior_mean_from_eps(xt, eps, t, schedule, out):
+    _linear("posterior_mean_from_eps", xt, eps, t, schedule, out)
+
+
+def ddpm_step(model_output, xt, t, schedule, out, *, x0_out, noise, stream, prediction, clip, variance):
+    _step(xt, model_output, t, plan.ddpm(schedule, t, prediction, variance), clip, out, x0_out, noise, stream)
+
+
+def ddim_step(model_output, xt, t, t_prev, schedule, out, *, x0_out, noise, stream, eta, prediction, clip):
+    _step(xt, model_output, t, plan.ddim(schedule, t, t_prev, eta, prediction), clip, out, x0_out, noise, stream)

@@ -158,17 +158,13 @@ def _materialize(name, a, shape, target_shape, dtype):
     return out.reshape(target_shape)
 
 
-def _is_scalar(a):
-    return isinstance(a, (int, float, np.generic))
-
-
 def _shape(a):
-    return () if _is_scalar(a) else tuple(_checks.shape_dtype(a)[0])
+    return () if _checks.is_scalar(a) else tuple(_checks.shape_dtype(a)[0])
 
 
 def operand(name, a, shape, rows, width, dtype):
     """An argument as a (rows or 1, width or 1) device array of ``dtype`` (see the module docstring)."""
-    if _is_scalar(a):
+    if _checks.is_scalar(a):
         return cuda.to_device(np.full((1, 1), a, dtype))
     view = _numba_view(a)
     kind, lead = _checks.broadcast_kind(view.shape, shape)
@@ -195,7 +191,7 @@ def _run(names, kernels, arrays, extra, shape, reduce, out, threads=THREADS):
         return
     if reduce is None and rows > 1 and _checks.one_row([_shape(a) for a in arrays], shape):
         # Elementwise over full tensors and scalars: one long row, so narrow rows (B, 3) keep the GPU busy.
-        arrays = [a if _is_scalar(a) else as_flat(n, _numba_view(a)).reshape(1, -1) for n, a in zip(names, arrays)]
+        arrays = [a if _checks.is_scalar(a) else as_flat(n, _numba_view(a)).reshape(1, -1) for n, a in zip(names, arrays)]
         rows, width, shape = 1, rows * width, (1, rows * width)
     operands = [operand(n, a, shape, rows, width, dtype) for n, a in zip(names, arrays)]
     c = _kl.constants(dtype)
@@ -208,15 +204,15 @@ def _run(names, kernels, arrays, extra, shape, reduce, out, threads=THREADS):
     _combine[max(1, min(-(-rows // THREADS), 4096)), THREADS](partials, width, reduce == "mean", as_flat("out", out_view))
 
 
-def normal_kl(mean1, logvar1, mean2, logvar2, shape, reduce, out):
+def normal_kl(mean1, logvar1, mean2, logvar2, *, shape, reduce, out):
     _run(("mean1", "logvar1", "mean2", "logvar2"), (_normal_kl_rows, _normal_kl_partials), (mean1, logvar1, mean2, logvar2), (), shape, reduce, out)
 
 
-def normal_logpdf(x, mean, logvar, shape, reduce, out):
+def normal_logpdf(x, mean, logvar, *, shape, reduce, out):
     _run(("x", "mean", "logvar"), (_normal_logpdf_rows, _normal_logpdf_partials), (x, mean, logvar), (), shape, reduce, out)
 
 
-def discretized_gaussian_log_likelihood(x, means, log_scales, bins, shape, reduce, out):
+def discretized_gaussian_log_likelihood(x, means, log_scales, *, bins, shape, reduce, out):
     half_bin = np.dtype(_checks.shape_dtype(out)[1]).type(1.0 / bins)
     _run(
         ("x", "means", "log_scales"), (_discretized_rows, _discretized_partials), (x, means, log_scales), (half_bin,),

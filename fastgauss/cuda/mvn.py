@@ -19,9 +19,11 @@ from numba import cuda
 from fastgauss import _device
 from fastgauss._checks import shape_dtype
 from fastgauss._device import mvn as _mvn
+from fastgauss._plans import mvn as plan
+from fastgauss._plans.mvn import NO_FAILURE, geometry
+from fastgauss._plans.stream import values_per_block, words
 from fastgauss.cuda import _numba_view
-from fastgauss.cuda.random import launch_config, normals, standard_normal, words
-from fastgauss.mvn import NO_FAILURE, geometry
+from fastgauss.cuda.random import launch_config, normals, standard_normal
 
 _d = _device.compile_for(cuda.jit(device=True), _mvn)
 _operand_index = _d.operand_index
@@ -240,22 +242,22 @@ def _vectors(name, x):
 
 
 def _summary(status):
-    """fastgauss.mvn.summarize on the device: two atomics and a few bytes back to the host."""
+    """fastgauss._plans.mvn.summarize on the device: two atomics and a few bytes back to the host."""
     if status.size == 0:
         return NO_FAILURE
     first = cuda.to_device(np.array([NONE, NONE], np.int64))
     _launch(_first_flags, status.size, status, first)
     failed, asymmetric = (int(v) for v in first.copy_to_host())
     order = int(status[failed : failed + 1].copy_to_host()[0]) if failed != NONE else 0
-    return (failed if failed != NONE else -1), order, (asymmetric if asymmetric != NONE else -1)
+    return plan.Failure((failed if failed != NONE else -1), order, (asymmetric if asymmetric != NONE else -1))
 
 
 def _geometry(batch, *operands):
     return tuple(cuda.to_device(a) for a in geometry(batch, *operands))
 
 
-def factor_batch(a, upper=False, tol=-1.0, out=None):
-    """(L, summary): factors of a (count, d, d) device view into out (float64 scratch when None)."""
+def factor_batch(a, upper=False, tol=plan.NO_CHECK, out=None):
+    """(L, Failure): factors of a (count, d, d) device view into out (float64 scratch when None)."""
     count, d = a.shape[0], a.shape[2]
     if out is None:
         out = cuda.device_array((count, d, d), np.float64)
@@ -271,26 +273,27 @@ def factor_batch(a, upper=False, tol=-1.0, out=None):
     return out, _summary(status)
 
 
+# What the shared plan (fastgauss._plans.mvn) needs from this target: per-thread local
+# arrays hold matrices up to MAX_LOCAL_D, so only those orders are fused.
+TARGET = plan.Target(fuses=lambda d: d <= MAX_LOCAL_D, factor_batch=factor_batch, summarize=_summary)
+
+
 def cholesky(a, upper, out):
-    _, summary = factor_batch(_matrices("a", a), upper, -1.0, _matrices("out", out))
+    _, summary = factor_batch(_matrices("a", a), upper, plan.NO_CHECK, _matrices("out", out))
     return out, {"a": summary}
 
 
-def mvn_sample(mean, cov, scale_tril, batch, noise, out, fresh, stream, tol=-1.0):
+def mvn_sample(mean, cov, scale_tril, batch, noise, out, *, fresh, stream, tol):
     shape, dtype = shape_dtype(out)
     d = shape[-1]
     matrix = cov if cov is not None else scale_tril
-    mat = _matrices("cov" if cov is not None else "scale_tril", matrix)
-    nbatch = int(np.prod(batch))
     vectors = int(np.prod(shape[:-1])) if d else 0
-    fused = cov is not None and mat.shape[0] == vectors and 0 < d <= MAX_LOCAL_D
-    status = {}
-    if cov is not None and not fused:
-        mat, status["cov"] = factor_batch(mat, tol=tol)
-        if status["cov"][0] >= 0 or vectors == 0:
-            return status
-    if vectors == 0:
-        return status
+    mat = _matrices("cov" if cov is not None else "scale_tril", matrix)
+    factors = plan.factor_first(TARGET, [("cov", mat, cov is not None)], vectors, tol)
+    if factors.done:
+        return factors.status
+    (mat,), (fused,) = factors.mats, factors.fused
+    nbatch = int(np.prod(batch))
     geometry_arrays = _geometry(batch, shape_dtype(mean)[0][:-1], shape_dtype(matrix)[0][:-2])
     mean_2d = _vectors("mean", mean)
     target = out if fresh or not fused else cuda.device_array(shape, dtype)  # a user's out: written once all factored
@@ -302,63 +305,48 @@ def mvn_sample(mean, cov, scale_tril, batch, noise, out, fresh, stream, tol=-1.0
         else:
             eps = _view("noise", noise, (vectors * d,))
         _launch(_sample_global, vectors, mean_2d, mat, *geometry_arrays, nbatch, eps, out_flat)
-        return status
+        return factors.status
     generate = noise is None
     noise_flat = cuda.device_array(1, dtype) if generate else _view("noise", noise, (vectors * d,))
     codes = cuda.device_array(mat.shape[0] if fused else 1, np.int32)
-    per_block = 4 if dtype == np.float32 else 2
     _launch(
-        _sample_local, vectors, mean_2d, mat, fused, tol, *geometry_arrays, nbatch, noise_flat, generate, per_block,
+        _sample_local, vectors, mean_2d, mat, fused, tol, *geometry_arrays, nbatch, noise_flat, generate, values_per_block(dtype),
         *words(*(stream if generate else (0, 0))), dims(d), out_flat, codes,
     )
-    if fused:
-        status["cov"] = _summary(codes)
-        if status["cov"][0] < 0 and target is not out:
-            _view("out", out, (vectors * d,)).copy_to_device(out_flat)
+    status = plan.record_fused(TARGET, factors, ["cov"], [codes])
+    if not plan.any_failed(status) and target is not out:
+        _view("out", out, (vectors * d,)).copy_to_device(out_flat)
     return status
 
 
 def mvn_logpdf(x, mean, cov, scale_tril, batch, out):
     shape, _ = shape_dtype(out)
     matrix = cov if cov is not None else scale_tril
-    mat = _matrices("cov" if cov is not None else "scale_tril", matrix)
-    d = mat.shape[2]
     n = int(np.prod(shape))
-    fused = cov is not None and mat.shape[0] == n and d <= MAX_LOCAL_D
-    status = {}
-    if cov is not None and not fused:
-        mat, status["cov"] = factor_batch(mat)
-        if status["cov"][0] >= 0:
-            return status
-    if n == 0:
-        return status
+    factors = plan.factor_first(TARGET, [("cov", _matrices("cov" if cov is not None else "scale_tril", matrix), cov is not None)], n)
+    if factors.done:
+        return factors.status
+    (mat,), (fused,) = factors.mats, factors.fused
+    d = mat.shape[2]
     geometry_arrays = _geometry(batch, shape_dtype(x)[0][:-1], shape_dtype(mean)[0][:-1], shape_dtype(matrix)[0][:-2])
     x_2d, mean_2d, out_flat = _vectors("x", x), _vectors("mean", mean), _view("out", out, (n,))
     log_2pi = float(np.log(2 * np.pi))
     if d > MAX_LOCAL_D:
         z = cuda.device_array((n, d), np.float64)
         _launch(_logpdf_global, n, x_2d, mean_2d, mat, *geometry_arrays, log_2pi, z, out_flat)
-        return status
+        return factors.status
     codes = cuda.device_array(mat.shape[0] if fused else 1, np.int32)
     _launch(_logpdf_local, n, x_2d, mean_2d, mat, fused, *geometry_arrays, log_2pi, dims(d), out_flat, codes)
-    if fused:
-        status["cov"] = _summary(codes)
-    return status
+    return plan.record_fused(TARGET, factors, ["cov"], [codes])
 
 
 def mvn_kl(mean1, cov1, mean2, cov2, batch, out):
     shape, _ = shape_dtype(out)
     n = int(np.prod(shape))
-    mats, fused, status = [], [], {}
-    for name, cov in (("cov1", cov1), ("cov2", cov2)):
-        mat = _matrices(name, cov)
-        fuse = mat.shape[0] == n and mat.shape[2] <= MAX_LOCAL_D
-        if not fuse:
-            mat, status[name] = factor_batch(mat)
-        mats.append(mat)
-        fused.append(fuse)
-    if any(status.get(name, NO_FAILURE)[0] >= 0 for name in ("cov1", "cov2")) or n == 0:
-        return status
+    factors = plan.factor_first(TARGET, [("cov1", _matrices("cov1", cov1), True), ("cov2", _matrices("cov2", cov2), True)], n)
+    if factors.done:
+        return factors.status
+    mats, fused = factors.mats, factors.fused
     d = mats[0].shape[2]
     geometry_host = geometry(batch, *(shape_dtype(a)[0][:k] for a, k in ((mean1, -1), (cov1, -2), (mean2, -1), (cov2, -2))))
     shape_array, strides = cuda.to_device(geometry_host[0]), cuda.to_device(np.stack(geometry_host[1:]))
@@ -366,12 +354,9 @@ def mvn_kl(mean1, cov1, mean2, cov2, batch, out):
     if d > MAX_LOCAL_D:
         z = cuda.device_array((n, d), np.float64)
         _launch(_kl_global, n, mean1_2d, mats[0], mean2_2d, mats[1], shape_array, strides, z, out_flat)
-        return status
+        return factors.status
     codes = [cuda.device_array(mat.shape[0] if fuse else 1, np.int32) for mat, fuse in zip(mats, fused)]
     _launch(
         _kl_local, n, mean1_2d, mats[0], fused[0], mean2_2d, mats[1], fused[1], shape_array, strides, dims(d), out_flat, codes[0], codes[1]
     )
-    for name, fuse, code in zip(("cov1", "cov2"), fused, codes):
-        if fuse:
-            status[name] = _summary(code)
-    return status
+    return plan.record_fused(TARGET, factors, ["cov1", "cov2"], codes)

@@ -1,7 +1,7 @@
 """CUDA kernels of the counter-based generator: one thread per Philox block.
 
 Same scalar code as the CPU (fastgauss._device.random), same stream layout
-(fastgauss.reference.random), so the words are bitwise identical to the CPU's.
+(fastgauss._plans.stream), so the words are bitwise identical to the CPU's.
 """
 
 import numpy as np
@@ -9,6 +9,7 @@ from numba import cuda
 
 from fastgauss import _device
 from fastgauss._device import random as _random
+from fastgauss._plans.stream import values_per_block, words
 from fastgauss.cuda import THREADS, as_flat
 
 _d = _device.compile_for(cuda.jit(device=True), _random)
@@ -20,13 +21,6 @@ _uniform64 = _d.uniform64
 _philox4x32_10 = _d.philox4x32_10
 
 MAX_BLOCKS = 4096  # CUDA blocks of a launch; grid-stride loops cover larger outputs
-
-
-def words(key, offset):
-    """(k0, k1, o0, o1, o2, o3) as uint64 kernel arguments."""
-    return tuple(np.uint64((key >> s) & 0xFFFFFFFF) for s in (0, 32)) + tuple(
-        np.uint64((offset >> s) & 0xFFFFFFFF) for s in (0, 32, 64, 96)
-    )
 
 
 def launch_config(work_items):
@@ -69,7 +63,7 @@ def _fill(out, normal, per_block, k0, k1, o0, o1, o2, o3):
 
 def _launch_fill(out, normal, key, offset):
     flat = as_flat("out", out)
-    per_block = 4 if flat.dtype == np.float32 else 2
+    per_block = values_per_block(flat.dtype)
     blocks, threads = launch_config(-(-flat.size // per_block))
     _fill[blocks, threads](flat, normal, per_block, *words(key, offset))
 
@@ -80,6 +74,13 @@ def standard_normal(out, key, offset):
 
 def random(out, key, offset):
     _launch_fill(out, False, key, offset)
+
+
+def normal(out, key, offset, loc, scale):
+    """loc + scale z in place; loc and scale are scalars on the GPU."""
+    if out.size:
+        _launch_fill(out, True, key, offset)
+    scale_shift(out, scale, loc)
 
 
 @cuda.jit(cache=True)
@@ -114,7 +115,7 @@ def _scale_shift(out, scale, shift):
 
 
 def scale_shift(out, scale, shift):
-    """out = out * scale + shift in place (Generator.normal on the GPU)."""
+    """out = out * scale + shift in place (normal's second step)."""
     flat = as_flat("out", out)
     blocks, threads = launch_config(flat.size)
     _scale_shift[blocks, threads](flat, flat.dtype.type(scale), flat.dtype.type(shift))

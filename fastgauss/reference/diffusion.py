@@ -15,7 +15,7 @@ def _per_sample(table, t, dtype, ndim):
     return values.reshape((-1,) + (1,) * (ndim - 1)) if values.ndim else values
 
 
-def q_sample(x0, t, schedule, noise, out, noise_out=None, stream=None):
+def q_sample(x0, t, schedule, noise, out, noise_out, stream):
     """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, with the tables cast to out.dtype.
 
     noise None: draw it from ``stream`` = (key, offset) as standard_normal would, and
@@ -102,7 +102,7 @@ def _noise(shape, dtype, noise, stream):
     return z
 
 
-def ddpm_step(model_output, xt, t, schedule, out, x0_out, noise, stream, prediction, clip, variance):
+def ddpm_step(model_output, xt, t, schedule, out, *, x0_out, noise, stream, prediction, clip, variance):
     """Ancestral step t -> t-1 (diffusers' DDPMScheduler.step with the full schedule):
     x0_hat from the model output, clamped to [-clip, clip]; x_{t-1} = posterior mean
     + sqrt(var_t) z with var_t the posterior variance (clamped at 1e-20) or beta_t; no
@@ -123,7 +123,7 @@ def ddpm_step(model_output, xt, t, schedule, out, x0_out, noise, stream, predict
         x0_out[...] = x0
 
 
-def ddim_step(model_output, xt, t, t_prev, schedule, out, x0_out, noise, stream, eta, prediction, clip):
+def ddim_step(model_output, xt, t, t_prev, schedule, out, *, x0_out, noise, stream, eta, prediction, clip):
     """DDIM step t -> t_prev (Song et al. 2021; diffusers' DDIMScheduler.step with
     set_alpha_to_one=True, use_clipped_model_output=False): abar_prev = 1 for t_prev = -1;
     x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps_hat + sigma z,

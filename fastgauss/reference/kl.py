@@ -34,7 +34,7 @@ def _finish(values, shape, reduce, out):
     out[...] = sums
 
 
-def normal_kl(mean1, logvar1, mean2, logvar2, shape, reduce, out):
+def normal_kl(mean1, logvar1, mean2, logvar2, *, shape, reduce, out):
     """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) elementwise, as in Ho et al. (2020):
     0.5 (-1 + logvar2 - logvar1 + e^(logvar1 - logvar2) + (mean1 - mean2)^2 e^-logvar2)."""
     mean1, logvar1, mean2, logvar2 = _float64(mean1, logvar1, mean2, logvar2)
@@ -43,7 +43,7 @@ def normal_kl(mean1, logvar1, mean2, logvar2, shape, reduce, out):
     _finish(kl, shape, reduce, out)
 
 
-def normal_logpdf(x, mean, logvar, shape, reduce, out):
+def normal_logpdf(x, mean, logvar, *, shape, reduce, out):
     """log N(x; mean, e^logvar) = -0.5 (log(2 pi) + logvar + (x - mean)^2 e^-logvar)."""
     x, mean, logvar = _float64(x, mean, logvar)
     with np.errstate(all="ignore"):
@@ -61,7 +61,7 @@ def _clamped_log(p):
     return np.log(np.maximum(p, 1e-12))
 
 
-def discretized_gaussian_log_likelihood(x, means, log_scales, bins, shape, reduce, out):
+def discretized_gaussian_log_likelihood(x, means, log_scales, *, bins, shape, reduce, out):
     """improved-diffusion's discretized_gaussian_log_likelihood, with ``bins`` bins of width 2 / bins:
     the log-probability of x's bin under N(means, e^(2 log_scales)); the lowest bin
     (x < -0.999) extends to -inf and the highest (x > 0.999) to +inf."""

@@ -3,14 +3,14 @@
 Everything is computed in float64: ``numpy.linalg.cholesky`` of the symmetric matrix
 that the lower triangle defines, forward substitution for L z = b, and the results
 rounded once to the output dtype. Backend functions return, per factored argument,
-``fastgauss.mvn.summarize`` of the per-matrix status codes (0 factored, k > 0 the
+``fastgauss._plans.mvn.summarize`` of the per-matrix status codes (0 factored, k > 0 the
 order of the first leading minor that is not positive definite, -1 factored but not
 symmetric within ``tol``); they write nothing when a matrix failed.
 """
 
 import numpy as np
 
-from fastgauss.mvn import summarize
+from fastgauss._plans.mvn import NO_CHECK, summarize
 from fastgauss.reference.random import standard_normal
 
 LOG_2PI = float(np.log(2 * np.pi))
@@ -28,7 +28,7 @@ def failing_minor(m):
     return 0
 
 
-def factor(a, upper=False, tol=-1.0):
+def factor(a, upper=False, tol=NO_CHECK):
     """(L, status): float64 lower Cholesky factors of a (..., d, d), read from its lower triangle
     (its upper one with ``upper``), and one status code per matrix (NaN factors where one failed)."""
     a = np.asarray(a, dtype=np.float64)
@@ -76,7 +76,7 @@ def cholesky(a, upper, out):
     return out, {"a": summary}
 
 
-def mvn_sample(mean, cov, scale_tril, batch, noise, out, fresh, stream, tol=-1.0):
+def mvn_sample(mean, cov, scale_tril, batch, noise, out, *, fresh, stream, tol):
     """x = mean + L noise, with noise drawn as standard_normal(out.shape) would when not given."""
     status = {}
     if cov is not None:

@@ -24,10 +24,11 @@ that many.
 
 import numpy as np
 
+from fastgauss._plans.stream import blocks_needed
+
 M0, M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
 W0, W1 = np.uint64(0x9E3779B9), np.uint64(0xBB67AE85)
 MASK = np.uint64(0xFFFFFFFF)
-PER_BLOCK = {np.dtype(np.float32): 4, np.dtype(np.float64): 2}
 
 
 def philox4x32_10_words(c, k):
@@ -62,7 +63,7 @@ def blocks(key, offset, count):
 
 
 def random(out, key, offset):
-    words = blocks(key, offset, -(-out.size // PER_BLOCK[out.dtype]))
+    words = blocks(key, offset, blocks_needed(out.size, out.dtype))
     if out.dtype == np.float32:
         values = (words >> np.uint64(8)).astype(np.float32) * np.float32(2.0**-24)
     else:
@@ -71,8 +72,17 @@ def random(out, key, offset):
     out.reshape(-1)[...] = values.reshape(-1)[: out.size]
 
 
+def normal(out, key, offset, loc, scale):
+    """loc + scale z in place, z the standard normals of the same stream; loc and scale are
+    arrays of out's dtype that broadcast to out."""
+    if out.size:
+        standard_normal(out, key, offset)
+    out *= scale
+    out += loc
+
+
 def standard_normal(out, key, offset):
-    words = blocks(key, offset, -(-out.size // PER_BLOCK[out.dtype]))
+    words = blocks(key, offset, blocks_needed(out.size, out.dtype))
     if out.dtype == np.float32:
         # u and the turn fraction are float32 values, rounded as the kernels round them
         u = (words[:, 0::2] >> np.uint64(1)).astype(np.float32) * np.float32(2.0**-31) + np.float32(2.0**-32)

@@ -1,18 +1,27 @@
-"""Per-timestep coefficients of the diffusion ops, as the compiled kernels consume them.
+"""The diffusion plan both compiled backends share: per-timestep coefficient tables and
+the noise mode, as the kernels consume them.
 
-Every linear op is out = a[t] u + b[t] w; the sampling steps are
+Two kernels serve every diffusion op on each target. Every linear op is
+out = a[t] u + b[t] w (``linear_plan``); the sampling steps, and q_sample with generated
+noise, are the fused step (``step_plan``)
 
     x0  = clamp(ax u + am m, clip)          u = x_t, m = model output
     out = k0 x0 + kx u + km m + ks z        z = noise (no term where ks = 0)
 
-All tables are float64 from the schedule; kernels cast them to the output dtype. The
+All tables are float64 from the schedule; the plans cast them to the output dtype. The
 NumPy reference does not use this module: it evaluates each op from its formula, and
 the tests hold the kernels to it.
 """
 
-import functools
+from typing import NamedTuple
 
 import numpy as np
+
+from fastgauss._plans.stream import words
+
+# What the step kernel adds as noise: nothing (deterministic DDIM), the given array, or
+# normals it draws from the stream itself.
+NO_NOISE, GIVEN_NOISE, GENERATED_NOISE = 0, 1, 2
 
 def row_count(t):
     """Rows the kernels see the data as: B for timesteps t of shape (B,), 1 for a scalar t.
@@ -92,31 +101,48 @@ def ddim(schedule, t, t_prev, eta, prediction):
     return ax, am, np.sqrt(abar_prev), direction * ex, direction * em, sigma
 
 
-def backend_ops(run_linear, run_step):
-    """Every diffusion op of a compiled backend, expressed through its two kernel runners.
+def q_sample_generated(schedule, t):
+    """(ax, am, k0, kx, km, ks) of q_sample with generated noise: the step with only
+    kx = sqrt(abar) (on x0) and ks = sqrt(1 - abar)."""
+    signal, noise_scale = linear("q_sample", schedule, np.atleast_1d(t))
+    zero = np.zeros_like(signal)
+    return zero, zero, zero, signal, zero, noise_scale
 
-    run_linear(op, u, w, t, schedule, out): out = a[t] u + b[t] w with LINEAR[op].
-    run_step(xt, model, t, coefficients, clip, out, x0_out, noise, stream, noise_out=None):
-    the fused step with (ax, am, k0, kx, km, ks). Returns {op name: backend function},
-    with the signatures fastgauss.diffusion calls.
-    """
 
-    def q_sample(x0, t, schedule, noise, out, noise_out=None, stream=None):
-        if noise is not None:
-            run_linear("q_sample", x0, noise, t, schedule, out)
-            return
-        # generated noise: the step with only kx = sqrt(abar) (on x0) and ks = sqrt(1 - abar)
-        signal, noise_scale = linear("q_sample", schedule, np.atleast_1d(t))
-        zero = np.zeros_like(signal)
-        run_step(x0, x0, t, (zero, zero, zero, signal, zero, noise_scale), None, out, None, None, stream, noise_out)
+class LinearPlan(NamedTuple):
+    """One launch of the linear kernel: data seen as (rows, width), one (a, b) per row."""
 
-    def ddpm_step(model_output, xt, t, schedule, out, x0_out, noise, stream, prediction, clip, variance):
-        run_step(xt, model_output, t, ddpm(schedule, t, prediction, variance), clip, out, x0_out, noise, stream)
+    rows: int
+    a: np.ndarray  # (rows,), contiguous, of the output dtype
+    b: np.ndarray
 
-    def ddim_step(model_output, xt, t, t_prev, schedule, out, x0_out, noise, stream, eta, prediction, clip):
-        run_step(xt, model_output, t, ddim(schedule, t, t_prev, eta, prediction), clip, out, x0_out, noise, stream)
 
-    # the linear ops take (u, w, t, schedule, out) in their public argument order
-    ops = {op: functools.partial(run_linear, op) for op in LINEAR if op != "q_sample"}
-    ops.update(q_sample=q_sample, ddpm_step=ddpm_step, ddim_step=ddim_step)
-    return ops
+def linear_plan(op, schedule, t, dtype):
+    a, b = (np.ascontiguousarray(c, dtype) for c in linear(op, schedule, np.atleast_1d(t)))
+    return LinearPlan(row_count(t), a, b)
+
+
+class StepPlan(NamedTuple):
+    """One launch of the step kernel on flat data; element e uses row e // (size // rows)."""
+
+    rows: int
+    coefficients: tuple  # (ax, am, k0, kx, km, ks): contiguous (rows,) arrays of the output dtype
+    limit: np.generic  # the clamp limit in the output dtype; inf: no clamp
+    noise_mode: int  # NO_NOISE, GIVEN_NOISE or GENERATED_NOISE
+    state: tuple  # the stream words (k0, k1, o0, o1, o2, o3); zeros unless generating
+
+
+def step_plan(t, coefficients, clip, noise, stream, dtype):
+    """The step kernel's arguments, for coefficients from ``ddpm``, ``ddim`` or ``q_sample_generated``."""
+    dtype = np.dtype(dtype)
+    if noise is not None:
+        mode = GIVEN_NOISE
+    else:
+        mode = GENERATED_NOISE if stream is not None else NO_NOISE
+    return StepPlan(
+        rows=row_count(t),
+        coefficients=tuple(np.ascontiguousarray(c, dtype) for c in coefficients),
+        limit=dtype.type(np.inf if clip is None else clip),
+        noise_mode=mode,
+        state=words(*stream) if stream is not None else words(0, 0),
+    )
