@@ -157,6 +157,8 @@ def _time(call, backend, expected, repeats):
         run = lambda: call.function(*args, **call.kwargs, **extra, backend="cuda")  # noqa: E731
         return _bench.time_runs(run, repeats, synchronize=cuda.synchronize)
     extra = {"out": np.empty_like(expected)} if takes_out else {}
+    if backend == "numpy" and call.numpy_way is not None:  # NumPy's generator + the reference formula
+        return _bench.time_runs(lambda: call.numpy_way(*call.args, **call.kwargs, **extra), repeats)
     return _bench.time_runs(lambda: _run(call, backend, **extra), repeats)
 
 
@@ -177,6 +179,7 @@ def benchmark(backends, shape, repeats):
                 say(f"  {op} {np.dtype(dtype).name} {shape} ({call.label}) ...")
                 expected = _run(call, "numpy")  # the result's shape and dtype, for out=
                 row = {"op": op, "dtype": np.dtype(dtype).name, "shape": list(shape), "case": call.label}
+                row["numpy baseline"] = "numpy.random + reference" if call.numpy_way else "reference"
                 row["bytes"] = _bytes_moved(call.args, expected)
                 row["copy GB/s"] = {"host": _bench.host_copy_bandwidth(row["bytes"] // 2, repeats=3) / 1e9}
                 if "cuda" in backends:
@@ -195,12 +198,13 @@ def benchmark(backends, shape, repeats):
 
 def print_table(rows, backends):
     compiled = [b for b in backends if b != "numpy"]
-    header = f"{'op':<17}{'case':<27}{'dtype':<9}{'numpy ms':>10}"
+    header = f"{'op':<17}{'case':<35}{'dtype':<9}{'numpy ms':>10}"
     for b in compiled:
         header += f"{b + ' ms':>10}{'speedup':>9}{'GB/s':>8}{'copy GB/s':>11}{'of copy':>9}"
     say(header)
     for row in rows:
-        line = f"{row['op']:<17}{row['case']:<27}{row['dtype']:<9}{row['numpy']['seconds'] * 1e3:>10.2f}"
+        case = row["case"] + (" *" if row["numpy baseline"] != "reference" else "")
+        line = f"{row['op'][:16]:<17}{case[:34]:<35}{row['dtype']:<9}{row['numpy']['seconds'] * 1e3:>10.2f}"
         for b in compiled:
             copy = row["copy GB/s"]["cuda" if b == "cuda" else "host"]
             line += (
@@ -208,6 +212,8 @@ def print_table(rows, backends):
                 f"{row[b]['GB/s']:>8.1f}{copy:>11.1f}{row[b]['GB/s'] / copy:>9.0%}"
             )
         say(line)
+    say("numpy ms = the NumPy reference op; * = what a NumPy user writes instead: NumPy's own Generator")
+    say("(PCG64) for the noise, then the reference formula (the reference's Philox emulation is a spec).")
     say("GB/s = bytes the op must move (inputs read once, outputs written once) / time.")
     say("copy GB/s = a copy moving the same bytes, timed right before (host: best of numpy.copyto and a")
     say("parallel Numba copy); 'of copy' = GB/s / copy GB/s. Outputs preallocated (out=). Every time is the")
