@@ -5,8 +5,10 @@ repeats), --size 64,3,256,256 (benchmark shape), --json PATH (write everything).
 """
 
 import argparse
+import concurrent.futures
 import inspect
 import json
+import multiprocessing
 import os
 import platform
 import sys
@@ -18,11 +20,11 @@ import fastgauss
 from fastgauss import _bench
 from fastgauss._dispatch import OPS, cuda_unavailable_reason
 from fastgauss._examples import EXAMPLES
+from fastgauss._selfcheck import CHECK_SHAPE, DTYPES, check_op
+from fastgauss._selfcheck import run as _run
+from fastgauss._selfcheck import to_device as _to_device
 
-DTYPES = (np.float32, np.float64)
-TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}  # rtol = atol, against the reference
-CHECK_SHAPE = (4, 3, 16, 16)
-DEFAULT_SIZE = (64, 3, 256, 256)
+DEFAULT_SIZE = (16, 3, 128, 128)  # small enough that a first run stays near a minute; --size for more
 QUICK_SIZE = (8, 3, 64, 64)
 
 
@@ -86,54 +88,30 @@ def numba_isa():
     return f"{name} ({source})"
 
 
-def _to_device(value):
-    from numba import cuda
+def self_check(backends, jobs=1):
+    """Every op on every compiled backend against the NumPy reference.
 
-    return cuda.to_device(value) if isinstance(value, np.ndarray) else value
-
-
-def _to_host(value):
-    if isinstance(value, tuple):
-        return tuple(_to_host(v) for v in value)
-    return value if isinstance(value, np.ndarray) else value.copy_to_host()
-
-
-def _run(call, backend, **extra):
-    args = tuple(_to_device(a) for a in call.args) if backend == "cuda" else call.args
-    return call.function(*args, **call.kwargs, **extra, backend=backend)
-
-
-def _matches(got, expected, dtype):
-    pairs = zip(_to_host(got), expected) if isinstance(expected, tuple) else [(_to_host(got), expected)]
-    tol = TOLERANCE[dtype]
-    return all(
-        g.shape == e.shape
-        and g.dtype == e.dtype
-        and (np.array_equal(g, e) if e.dtype.kind in "iu" else np.allclose(g, e, rtol=tol, atol=tol, equal_nan=True))
-        for g, e in pairs
-    )
-
-
-def self_check(backends):
-    """Every op on every compiled backend against the NumPy reference."""
+    With jobs > 1 the ops are checked in that many worker processes: on a cold Numba cache
+    the check is mostly compilation, which is single-threaded, so the workers compile (into
+    the shared disk cache) in parallel and the benchmarks then load the kernels from it."""
+    if jobs > 1:
+        context = multiprocessing.get_context("spawn")  # no fork of a process with a thread pool
+        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+            futures = [pool.submit(check_op, op, backends) for op in OPS]
+            outcomes = []
+            for op, future in zip(OPS, futures):
+                try:
+                    outcomes.append(future.result())
+                except Exception as exc:  # a worker that died is a FAIL of its op
+                    outcomes.append([{"op": op, "backend": b, "status": "FAIL", "failed": [f"worker: {exc!r}"]} for b in backends])
+    else:
+        outcomes = [check_op(op, backends) for op in OPS]
     results = []
-    rng = np.random.default_rng(20261124)
-    for op in OPS:
-        for backend in backends:
-            failed = [] if op in EXAMPLES else ["no example in fastgauss/_examples.py"]
-            for dtype in DTYPES if op in EXAMPLES else ():
-                for call in EXAMPLES[op](CHECK_SHAPE, dtype, rng):
-                    problem = ""
-                    try:
-                        if not _matches(_run(call, backend), _run(call, "numpy"), dtype):
-                            problem = "differs from the reference"
-                    except Exception as exc:  # a crash is a FAIL, reported, not a traceback
-                        problem = f"{type(exc).__name__}: {exc}"
-                    if problem:
-                        failed.append(f"{np.dtype(dtype).name} {call.label}: {problem}")
-            status = "FAIL" if failed else "PASS"
-            say(f"  {op:<24} {backend:<5} {status}" + (f"  ({'; '.join(failed)})" if failed else ""))
-            results.append({"op": op, "backend": backend, "status": status, "failed": failed})
+    for rows in outcomes:
+        for row in rows:
+            failed = row["failed"]
+            say(f"  {row['op']:<24} {row['backend']:<5} {row['status']}" + (f"  ({'; '.join(failed)})" if failed else ""))
+            results.append(row)
     return results
 
 
@@ -225,6 +203,10 @@ def parse_args(argv):
     parser.add_argument("--quick", action="store_true", help=f"benchmark at {QUICK_SIZE} with fewer repeats")
     parser.add_argument("--size", help=f"benchmark shape, e.g. 64,3,256,256 (default {DEFAULT_SIZE})")
     parser.add_argument("--json", metavar="PATH", help="write environment, self-check and benchmarks as JSON")
+    parser.add_argument(
+        "--jobs", type=int, default=os.cpu_count() or 1,
+        help="worker processes for the self-check (it compiles the kernels on a cold cache); default: one per core",
+    )
     args = parser.parse_args(argv)
     if args.size:
         try:
@@ -248,7 +230,7 @@ def main(argv=None):
     backends = [b for b in env["backends"] if b != "numpy"]
 
     say("\nself-check against the NumPy reference (float32 rtol=atol=1e-5, float64 1e-12)")
-    checks = self_check(backends)
+    checks = self_check(backends, jobs=args.jobs)
     failed = [c for c in checks if c["status"] == "FAIL"]
 
     repeats = 3 if args.quick else 5

@@ -29,7 +29,7 @@ PUBLIC = {
     "fastgauss.schedules",
     "fastgauss.reference",
 }
-TOOLS = {"fastgauss.__main__", "fastgauss._examples", "fastgauss._bench"}  # the main job: above the public API
+TOOLS = {"fastgauss.__main__", "fastgauss._examples", "fastgauss._bench", "fastgauss._selfcheck"}  # the main job: above the public API
 
 
 def _module_name(path):

@@ -1,0 +1,63 @@
+"""The main job's self-check: every op on every compiled backend against the NumPy reference.
+
+A module of its own (not ``__main__``) so that worker processes can import ``check_op``.
+"""
+
+import numpy as np
+
+from fastgauss._dispatch import OPS
+from fastgauss._examples import EXAMPLES
+
+DTYPES = (np.float32, np.float64)
+TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}  # rtol = atol, against the reference
+CHECK_SHAPE = (4, 3, 16, 16)
+
+
+def to_device(value):
+    from numba import cuda
+
+    return cuda.to_device(value) if isinstance(value, np.ndarray) else value
+
+
+def to_host(value):
+    if isinstance(value, tuple):
+        return tuple(to_host(v) for v in value)
+    return value if isinstance(value, np.ndarray) else value.copy_to_host()
+
+
+def run(call, backend, **extra):
+    args = tuple(to_device(a) for a in call.args) if backend == "cuda" else call.args
+    return call.function(*args, **call.kwargs, **extra, backend=backend)
+
+
+def matches(got, expected, dtype):
+    pairs = zip(to_host(got), expected) if isinstance(expected, tuple) else [(to_host(got), expected)]
+    tol = TOLERANCE[dtype]
+    return all(
+        g.shape == e.shape
+        and g.dtype == e.dtype
+        and (np.array_equal(g, e) if e.dtype.kind in "iu" else np.allclose(g, e, rtol=tol, atol=tol, equal_nan=True))
+        for g, e in pairs
+    )
+
+
+def check_op(op, backends):
+    """One op on every compiled backend against the NumPy reference: a result dict per backend."""
+    rng = np.random.default_rng([20261124, list(OPS).index(op)])  # inputs per op, whatever runs first
+    results = []
+    for backend in backends:
+        failed = [] if op in EXAMPLES else ["no example in fastgauss/_examples.py"]
+        for dtype in DTYPES if op in EXAMPLES else ():
+            for call in EXAMPLES[op](CHECK_SHAPE, dtype, rng):
+                problem = ""
+                try:
+                    if not matches(run(call, backend), run(call, "numpy"), dtype):
+                        problem = "differs from the reference"
+                except Exception as exc:  # a crash is a FAIL, reported, not a traceback
+                    problem = f"{type(exc).__name__}: {exc}"
+                if problem:
+                    failed.append(f"{np.dtype(dtype).name} {call.label}: {problem}")
+        results.append({"op": op, "backend": backend, "status": "FAIL" if failed else "PASS", "failed": failed})
+    return results
+
+
