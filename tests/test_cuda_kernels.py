@@ -95,14 +95,11 @@ def test_mvn_kl_above_max_local_d(dtype):
 # --- block-level code at block sizes that are not a power of two -----------------------------------
 
 
-def _kl_op(name):
-    from fastgauss.cuda import kl
-
-    return {
-        "normal_kl": (("mean1", "logvar1", "mean2", "logvar2"), (kl._normal_kl_rows, kl._normal_kl_partials), 4),
-        "normal_logpdf": (("x", "mean", "logvar"), (kl._normal_logpdf_rows, kl._normal_logpdf_partials), 3),
-        "discretized_gaussian_log_likelihood": (("x", "means", "log_scales"), (kl._discretized_rows, kl._discretized_partials), 3),
-    }[name]
+KL_NAMES = {
+    "normal_kl": ("mean1", "logvar1", "mean2", "logvar2"),
+    "normal_logpdf": ("x", "mean", "logvar"),
+    "discretized_gaussian_log_likelihood": ("x", "means", "log_scales"),
+}
 
 
 def _reduce_on_device(op, arrays, reduce, threads, dtype):
@@ -110,10 +107,9 @@ def _reduce_on_device(op, arrays, reduce, threads, dtype):
 
     from fastgauss.cuda import kl
 
-    names, kernels, _ = _kl_op(op)
-    extra = (np.dtype(dtype).type(1.0 / 255),) if op.startswith("discretized") else ()
+    extra = 1.0 / 255 if op.startswith("discretized") else 0.0
     out = cuda.device_array(arrays[0].shape[0], dtype)
-    kl._run(names, kernels, dev(*arrays), extra, arrays[0].shape, reduce, out, threads)
+    kl._run(op, KL_NAMES[op], dev(*arrays), extra, arrays[0].shape, reduce, out, threads)
     return out.copy_to_host()
 
 
@@ -130,7 +126,7 @@ def test_block_reduction_at_odd_block_sizes_matches_reference(op, dtype, threads
 
     assert threads <= THREADS and threads & (threads - 1) and -(-width // threads) > 1
     rng = np.random.default_rng(threads)
-    count = _kl_op(op)[2]
+    count = len(KL_NAMES[op])
     arrays = [rng.uniform(-1, 1, (2, width)).astype(dtype) for _ in range(count)]
     got = _reduce_on_device(op, arrays, reduce, threads, dtype)
     ref = getattr(fastgauss, op)(*arrays, reduce=reduce, backend="numpy")

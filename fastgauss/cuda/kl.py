@@ -65,61 +65,38 @@ def _combine(partials, width, mean, out):
         out[r] = total / width if mean else total
 
 
+# The element function a kernel computes is fixed by its ``op`` argument, a tuple of zeros
+# whose length names it (as in cpu/kl.py): one kernel source for the three ops, each
+# compiled with only its own element live (len(op) is a compile-time constant).
+OPS = {"normal_kl": (0,), "normal_logpdf": (0, 0), "discretized_gaussian_log_likelihood": (0, 0, 0)}
+
+
+@cuda.jit(device=True)
+def element(op, a, b, v, w, r, j, extra, c):
+    """Element (r, j) of ``op`` on the operands a, b, v (and w, read by normal_kl only) and
+    ``extra`` (half_bin for the discretized likelihood)."""
+    if len(op) == 1:
+        return _normal_kl(load(a, r, j), load(b, r, j), load(v, r, j), load(w, r, j), c)
+    if len(op) == 2:
+        return _normal_logpdf(load(a, r, j), load(b, r, j), load(v, r, j), c)
+    return _discretized(load(a, r, j), load(b, r, j), load(v, r, j), extra, c)
+
+
 @cuda.jit(cache=True)
-def _normal_kl_rows(mean1, logvar1, mean2, logvar2, c, out):
+def _rows(op, a, b, v, w, extra, c, out):
     rows, width = out.shape
     for r in range(cuda.blockIdx.y, rows, cuda.gridDim.y):
         for j in range(cuda.grid(1), width, cuda.gridsize(1)):
-            out[r, j] = _normal_kl(load(mean1, r, j), load(logvar1, r, j), load(mean2, r, j), load(logvar2, r, j), c)
+            out[r, j] = element(op, a, b, v, w, r, j, extra, c)
 
 
 @cuda.jit(cache=True)
-def _normal_kl_partials(mean1, logvar1, mean2, logvar2, c, width, partials):
+def _partials(op, a, b, v, w, extra, c, width, partials):
     shared = cuda.shared.array(THREADS, float64)
     for r in range(cuda.blockIdx.y, partials.shape[0], cuda.gridDim.y):
         total = 0.0
         for j in range(cuda.grid(1), width, cuda.gridsize(1)):
-            total += _normal_kl(load(mean1, r, j), load(logvar1, r, j), load(mean2, r, j), load(logvar2, r, j), c)
-        total = block_sum(shared, total)
-        if cuda.threadIdx.x == 0:
-            partials[r, cuda.blockIdx.x] = total
-
-
-@cuda.jit(cache=True)
-def _normal_logpdf_rows(x, mean, logvar, c, out):
-    rows, width = out.shape
-    for r in range(cuda.blockIdx.y, rows, cuda.gridDim.y):
-        for j in range(cuda.grid(1), width, cuda.gridsize(1)):
-            out[r, j] = _normal_logpdf(load(x, r, j), load(mean, r, j), load(logvar, r, j), c)
-
-
-@cuda.jit(cache=True)
-def _normal_logpdf_partials(x, mean, logvar, c, width, partials):
-    shared = cuda.shared.array(THREADS, float64)
-    for r in range(cuda.blockIdx.y, partials.shape[0], cuda.gridDim.y):
-        total = 0.0
-        for j in range(cuda.grid(1), width, cuda.gridsize(1)):
-            total += _normal_logpdf(load(x, r, j), load(mean, r, j), load(logvar, r, j), c)
-        total = block_sum(shared, total)
-        if cuda.threadIdx.x == 0:
-            partials[r, cuda.blockIdx.x] = total
-
-
-@cuda.jit(cache=True)
-def _discretized_rows(x, means, log_scales, half_bin, c, out):
-    rows, width = out.shape
-    for r in range(cuda.blockIdx.y, rows, cuda.gridDim.y):
-        for j in range(cuda.grid(1), width, cuda.gridsize(1)):
-            out[r, j] = _discretized(load(x, r, j), load(means, r, j), load(log_scales, r, j), half_bin, c)
-
-
-@cuda.jit(cache=True)
-def _discretized_partials(x, means, log_scales, half_bin, c, width, partials):
-    shared = cuda.shared.array(THREADS, float64)
-    for r in range(cuda.blockIdx.y, partials.shape[0], cuda.gridDim.y):
-        total = 0.0
-        for j in range(cuda.grid(1), width, cuda.gridsize(1)):
-            total += _discretized(load(x, r, j), load(means, r, j), load(log_scales, r, j), half_bin, c)
+            total += element(op, a, b, v, w, r, j, extra, c)
         total = block_sum(shared, total)
         if cuda.threadIdx.x == 0:
             partials[r, cuda.blockIdx.x] = total
@@ -175,9 +152,8 @@ def operand(name, a, shape, rows, width, dtype):
     return as_flat(name, view).reshape(target)
 
 
-def _run(names, kernels, arrays, extra, shape, reduce, out, threads=THREADS):
+def _run(op, names, arrays, extra, shape, reduce, out, threads=THREADS):
     """``threads`` (at most THREADS): the block size of the main kernel (tests use others)."""
-    rows_kernel, partials_kernel = kernels
     dtype = _checks.shape_dtype(out)[1]
     rows = shape[0] if len(shape) else 1
     width = _checks.size(shape[1:])
@@ -194,27 +170,29 @@ def _run(names, kernels, arrays, extra, shape, reduce, out, threads=THREADS):
         arrays = [a if _checks.is_scalar(a) else as_flat(n, _numba_view(a)).reshape(1, -1) for n, a in zip(names, arrays)]
         rows, width, shape = 1, rows * width, (1, rows * width)
     operands = [operand(n, a, shape, rows, width, dtype) for n, a in zip(names, arrays)]
+    if len(operands) == 3:
+        operands.append(operands[0])  # w: never read by the three-operand ops
+    extra = np.dtype(dtype).type(extra)
     c = _kl.constants(dtype)
     blocks, threads = grid(rows, width, threads)
     if reduce is None:
-        rows_kernel[blocks, threads](*operands, *extra, c, as_flat("out", out_view).reshape(rows, width))
+        _rows[blocks, threads](OPS[op], *operands, extra, c, as_flat("out", out_view).reshape(rows, width))
         return
     partials = cuda.device_array((rows, blocks[0]), np.float64)
-    partials_kernel[blocks, threads](*operands, *extra, c, width, partials)
+    _partials[blocks, threads](OPS[op], *operands, extra, c, width, partials)
     _combine[max(1, min(-(-rows // THREADS), 4096)), THREADS](partials, width, reduce == "mean", as_flat("out", out_view))
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2, *, shape, reduce, out):
-    _run(("mean1", "logvar1", "mean2", "logvar2"), (_normal_kl_rows, _normal_kl_partials), (mean1, logvar1, mean2, logvar2), (), shape, reduce, out)
+    _run("normal_kl", ("mean1", "logvar1", "mean2", "logvar2"), (mean1, logvar1, mean2, logvar2), 0.0, shape, reduce, out)
 
 
 def normal_logpdf(x, mean, logvar, *, shape, reduce, out):
-    _run(("x", "mean", "logvar"), (_normal_logpdf_rows, _normal_logpdf_partials), (x, mean, logvar), (), shape, reduce, out)
+    _run("normal_logpdf", ("x", "mean", "logvar"), (x, mean, logvar), 0.0, shape, reduce, out)
 
 
 def discretized_gaussian_log_likelihood(x, means, log_scales, *, bins, shape, reduce, out):
-    half_bin = np.dtype(_checks.shape_dtype(out)[1]).type(1.0 / bins)
     _run(
-        ("x", "means", "log_scales"), (_discretized_rows, _discretized_partials), (x, means, log_scales), (half_bin,),
+        "discretized_gaussian_log_likelihood", ("x", "means", "log_scales"), (x, means, log_scales), 1.0 / bins,
         shape, reduce, out,
     )
