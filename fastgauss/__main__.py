@@ -1,7 +1,7 @@
 """python -m fastgauss: environment, self-check against the reference, benchmark table.
 
-Exit status 1 when any self-check fails. Options: --quick (small size, fewer
-repeats), --size 64,3,256,256 (benchmark shape), --json PATH (write everything).
+Exit status 1 when any self-check fails. Options: --quick (self-check of the
+benchmarked call of each op only, small size, fewer repeats), --size 64,3,256,256 (benchmark shape), --json PATH (write everything).
 """
 
 import argparse
@@ -88,8 +88,9 @@ def numba_isa():
     return f"{name} ({source})"
 
 
-def self_check(backends, jobs=1):
-    """Every op on every compiled backend against the NumPy reference.
+def self_check(backends, jobs=1, quick=False):
+    """Every op on every compiled backend against the NumPy reference (``quick``: only the calls
+    the benchmark table times, one argument form per op and dtype).
 
     With jobs > 1 the ops are checked in that many worker processes: on a cold Numba cache
     the check is mostly compilation, which is single-threaded, so the workers compile (into
@@ -97,7 +98,7 @@ def self_check(backends, jobs=1):
     if jobs > 1:
         context = multiprocessing.get_context("spawn")  # no fork of a process with a thread pool
         with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
-            futures = [pool.submit(check_op, op, backends) for op in OPS]
+            futures = [pool.submit(check_op, op, backends, quick) for op in OPS]
             outcomes = []
             for op, future in zip(OPS, futures):
                 try:
@@ -105,7 +106,7 @@ def self_check(backends, jobs=1):
                 except Exception as exc:  # a worker that died is a FAIL of its op
                     outcomes.append([{"op": op, "backend": b, "status": "FAIL", "failed": [f"worker: {exc!r}"]} for b in backends])
     else:
-        outcomes = [check_op(op, backends) for op in OPS]
+        outcomes = [check_op(op, backends, quick) for op in OPS]
     results = []
     for rows in outcomes:
         for row in rows:
@@ -200,7 +201,7 @@ def print_table(rows, backends):
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m fastgauss", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help=f"benchmark at {QUICK_SIZE} with fewer repeats")
+    parser.add_argument("--quick", action="store_true", help=f"self-check only the benchmarked call of each op; benchmark at {QUICK_SIZE} with fewer repeats")
     parser.add_argument("--size", help=f"benchmark shape, e.g. 64,3,256,256 (default {DEFAULT_SIZE})")
     parser.add_argument("--json", metavar="PATH", help="write environment, self-check and benchmarks as JSON")
     parser.add_argument(
@@ -229,8 +230,9 @@ def main(argv=None):
         say(f"  {key:<16} {value}")
     backends = [b for b in env["backends"] if b != "numpy"]
 
-    say("\nself-check against the NumPy reference (float32 rtol=atol=1e-5, float64 1e-12)")
-    checks = self_check(backends, jobs=args.jobs)
+    scope = "the benchmarked call of each op (--quick)" if args.quick else "every example call of each op"
+    say(f"\nself-check against the NumPy reference, {scope} (float32 rtol=atol=1e-5, float64 1e-12)")
+    checks = self_check(backends, jobs=args.jobs, quick=args.quick)
     failed = [c for c in checks if c["status"] == "FAIL"]
 
     repeats = 3 if args.quick else 5

@@ -41,14 +41,25 @@ def matches(got, expected, dtype):
     )
 
 
-def check_op(op, backends):
-    """One op on every compiled backend against the NumPy reference: a result dict per backend."""
+def calls(op, dtype, rng, quick=False):
+    """The example calls of ``op`` the self-check runs: all of them, or with ``quick`` only those
+    the benchmark table times (the first call where none is timed), so that a quick run compiles
+    the kernels its table uses and no other argument-kind specializations."""
+    examples = EXAMPLES[op](CHECK_SHAPE, dtype, rng)
+    if not quick:
+        return examples
+    return [c for c in examples if c.benchmark] or examples[:1]
+
+
+def check_op(op, backends, quick=False):
+    """One op on every compiled backend against the NumPy reference: a result dict per backend
+    (``quick``: the benchmarked calls only, see ``calls``)."""
     rng = np.random.default_rng([20261124, list(OPS).index(op)])  # inputs per op, whatever runs first
     results = []
     for backend in backends:
         failed = [] if op in EXAMPLES else ["no example in fastgauss/_examples.py"]
         for dtype in DTYPES if op in EXAMPLES else ():
-            for call in EXAMPLES[op](CHECK_SHAPE, dtype, rng):
+            for call in calls(op, dtype, rng, quick):
                 problem = ""
                 try:
                     if not matches(run(call, backend), run(call, "numpy"), dtype):

@@ -47,3 +47,18 @@ def test_the_environment_names_the_cpu_the_isa_and_the_threads():
     for key in ("cpu", "isa", "numba_threads", "threading_layer"):
         assert env[key] not in (None, ""), key
     assert "host" in env["isa"] or "NUMBA_CPU_NAME" in env["isa"]
+
+
+def test_quick_self_check_runs_the_benchmarked_calls_and_every_op():
+    from fastgauss import _selfcheck
+    from fastgauss._examples import EXAMPLES
+
+    for op in EXAMPLES:
+        checked = 0
+        for dtype in _selfcheck.DTYPES:
+            every = _selfcheck.calls(op, dtype, np.random.default_rng(0))
+            quick = _selfcheck.calls(op, dtype, np.random.default_rng(0), quick=True)
+            timed = [c.label for c in every if c.benchmark]
+            assert [c.label for c in quick] == (timed or [c.label for c in every[:1]]), op
+            checked += len(quick)
+        assert checked, op  # no op goes unchecked

@@ -13,10 +13,10 @@ from fastgauss._device import compile_for
 from fastgauss._device import diffusion as _diffusion
 from fastgauss._plans import diffusion as plan
 from fastgauss._plans.diffusion import GENERATED_NOISE, GIVEN_NOISE
-from fastgauss.cpu import CHUNK, as_rows, launch, rows_to_write
+from fastgauss.cpu import CHUNK, as_rows, launch, prefer_wide_vectors, rows_to_write
 from fastgauss.cpu.random import normal_part
 
-_d = compile_for(numba.njit(error_model="numpy", inline="always"), _diffusion)
+_d = compile_for(numba.njit(error_model="numpy", forceinline=True), _diffusion)
 _linear_element = _d.linear_element
 _step_element = _d.step_element
 KERNEL = dict(error_model="numpy", cache=True)
@@ -27,6 +27,7 @@ def _linear_rows(u, w, a, b, out):
     rows, width = out.shape
     chunks_per_row = (width + CHUNK - 1) // CHUNK
     for chunk in numba.prange(rows * chunks_per_row):
+        prefer_wide_vectors()
         r = chunk // chunks_per_row
         start = (chunk - r * chunks_per_row) * CHUNK
         stop = min(start + CHUNK, width)
@@ -46,6 +47,7 @@ def _step_flat(xt, model, noise, noise_mode, coefficients, limit, width, out, x0
     ax, am, k0, kx, km, ks = coefficients
     n = out.size
     for chunk in numba.prange((n + CHUNK - 1) // CHUNK):
+        prefer_wide_vectors()
         start = chunk * CHUNK
         stop = min(start + CHUNK, n)
         buffer = np.zeros(stop - start, out.dtype)

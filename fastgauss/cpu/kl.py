@@ -11,7 +11,8 @@ specialization per combination that a program uses:
 
 One kernel, ``_rows``, serves the three ops: its ``op`` argument (a tuple whose length
 names the op, so a compile-time constant) selects the element function from
-fastgauss._device.kl, which Numba inlines into the loop; an op with three operands
+fastgauss._device.kl, which LLVM inlines into the loop (forceinline, see
+fastgauss.cpu.random); an op with three operands
 passes a scalar zero as the fourth, which the loop never reads.
 
 Inside a work item each argument becomes either a 1-D slice of the row or one scalar
@@ -35,7 +36,7 @@ from numba.extending import intrinsic, overload
 
 from fastgauss import _checks, _device
 from fastgauss._device import kl as _kl
-from fastgauss.cpu import CHUNK, launch
+from fastgauss.cpu import CHUNK, launch, prefer_wide_vectors
 
 KERNEL = dict(error_model="numpy", cache=True)
 
@@ -164,11 +165,11 @@ def _atanh_series_impl(z, c):
     return lambda z, c: _kl_atanh_series(z, c)
 
 
-_kl_taylor = numba.njit(error_model="numpy", inline="always")(_kl.taylor)
-_kl_atanh_series = numba.njit(error_model="numpy", inline="always")(_kl.atanh_series)
+_kl_taylor = numba.njit(error_model="numpy", forceinline=True)(_kl.taylor)
+_kl_atanh_series = numba.njit(error_model="numpy", forceinline=True)(_kl.atanh_series)
 
 
-_d = _device.compile_for(numba.njit(error_model="numpy", inline="always"), _kl, overrides=CPU_VERSIONS)
+_d = _device.compile_for(numba.njit(error_model="numpy", forceinline=True), _kl, overrides=CPU_VERSIONS)
 _normal_kl = _d.normal_kl
 _normal_logpdf = _d.normal_logpdf
 _discretized = _d.discretized_gaussian_log_likelihood
@@ -289,6 +290,7 @@ def _rows(op, a, b, v, w, extra, c, values, partials, rows, width, chunks_per_ro
     not empty), one float64 partial sum per (row, chunk) of those values."""
     reducing = partials.size > 0
     for item in numba.prange(-(-rows // rows_per_item) * chunks_per_row):
+        prefer_wide_vectors()
         first, last, chunk, start, stop = _item(item, rows, width, chunks_per_row, rows_per_item)
         buffer = np.empty(stop - start if reducing else 0, values.dtype)
         for r in range(first, last):

@@ -25,7 +25,7 @@ from fastgauss._plans.stream import words
 from fastgauss.cpu import launch, rows_to_write
 from fastgauss.cpu.random import normal_part
 
-_d = _device.compile_for(numba.njit(error_model="numpy", inline="always"), _mvn)
+_d = _device.compile_for(numba.njit(error_model="numpy", forceinline=True), _mvn)
 _operand_index = _d.operand_index
 _factor = _d.factor
 _store = _d.store

@@ -1,8 +1,11 @@
 """CPU kernels of the counter-based generator (stream layout: fastgauss._plans.stream).
 
 The scalar math comes from fastgauss._device.random, compiled here with
-inline="always" (Numba-level inlining: LLVM alone would not inline the ten Philox
-rounds, which kept the loop over blocks scalar, 8.8 vs 1.0 ns a block) and
+forceinline=True: LLVM's alwaysinline, so the ten Philox rounds are inlined into the
+loop over blocks, which LLVM's cost model alone would not do (the loop stayed scalar:
+8.8 vs 1.0 ns a block), while Numba types each function once per signature instead of
+re-typing it inside every kernel that calls it (its inline="always": twice the compile
+time of a cold first run), and
 error_model="numpy" (Python's ZeroDivisionError check on every division also
 blocks vectorization). Every loop walks a 1-D slice from index 0: a loop from a
 non-zero start keeps Numba's negative-index check and runs 10x slower.
@@ -16,9 +19,9 @@ from numba.np.numpy_support import as_dtype
 from fastgauss import _device
 from fastgauss._device import random as _random
 from fastgauss._plans.stream import values_per_block as _values_per_block_of, words
-from fastgauss.cpu import launch
+from fastgauss.cpu import launch, prefer_wide_vectors
 
-_d = _device.compile_for(numba.njit(error_model="numpy", inline="always"), _random)
+_d = _device.compile_for(numba.njit(error_model="numpy", forceinline=True), _random)
 _block = _d.block
 _box_muller32 = _d.box_muller32
 _box_muller64 = _d.box_muller64
@@ -32,6 +35,7 @@ KERNEL = dict(error_model="numpy", cache=True)
 
 @numba.njit(**KERNEL)
 def _normal32_part(part, first_block, k0, k1, o0, o1, o2, o3):
+    prefer_wide_vectors()
     full = part.size // 4
     for j in range(full):
         w0, w1, w2, w3 = _block(o0, o1, o2, o3, k0, k1, np.uint64(first_block + j))
@@ -52,6 +56,7 @@ def _normal32_part(part, first_block, k0, k1, o0, o1, o2, o3):
 
 @numba.njit(**KERNEL)
 def _normal64_part(part, first_block, k0, k1, o0, o1, o2, o3):
+    prefer_wide_vectors()
     full = part.size // 2
     for j in range(full):
         w0, w1, w2, w3 = _block(o0, o1, o2, o3, k0, k1, np.uint64(first_block + j))
@@ -65,6 +70,7 @@ def _normal64_part(part, first_block, k0, k1, o0, o1, o2, o3):
 
 @numba.njit(**KERNEL)
 def _uniform32_part(part, first_block, k0, k1, o0, o1, o2, o3):
+    prefer_wide_vectors()
     full = part.size // 4
     for j in range(full):
         w0, w1, w2, w3 = _block(o0, o1, o2, o3, k0, k1, np.uint64(first_block + j))
@@ -81,6 +87,7 @@ def _uniform32_part(part, first_block, k0, k1, o0, o1, o2, o3):
 
 @numba.njit(**KERNEL)
 def _uniform64_part(part, first_block, k0, k1, o0, o1, o2, o3):
+    prefer_wide_vectors()
     full = part.size // 2
     for j in range(full):
         w0, w1, w2, w3 = _block(o0, o1, o2, o3, k0, k1, np.uint64(first_block + j))
@@ -136,6 +143,7 @@ def _uniform_part(part, first_element, state):
 def _fill(out, normal, state):
     per_chunk = BLOCKS_PER_CHUNK * values_per_block(out)
     for chunk in numba.prange((out.size + per_chunk - 1) // per_chunk):
+        prefer_wide_vectors()  # the parts may be inlined here
         start = chunk * per_chunk
         part = out[start : min(start + per_chunk, out.size)]
         if normal:
