@@ -332,6 +332,22 @@ _tril_vjp = _g.tril_vjp
 _store_symmetric = _g.store_symmetric
 _logpdf_vjp = _g.logpdf_vjp
 _kl_vjp = _g.kl_vjp
+_factor_call = _g.factor
+_load_call = _g.load_tril
+_store_call = _g.store
+
+
+@numba.njit(**KERNEL)
+def _factor_or_load(mat, c, factor, upper, work, w, status):
+    """work[w] = the lower factor of mat[c]: factored (its code recorded in status[c]) or loaded.
+    Returns the code (> 0: not positive definite)."""
+    d = mat.shape[1]
+    if factor:
+        code = _factor_call(mat, c, upper, -1.0, work, w, d)
+        status[c] = code
+        return code
+    _load_call(mat, c, work, w, d)
+    return 0
 
 
 @numba.njit(parallel=True, **KERNEL)
@@ -344,13 +360,8 @@ def _tril_vjp_kernel(mat, factor, upper, partials, per_chunk, out, status):
         work = np.empty((2, d, d))
         start = chunk * per_chunk
         for c in range(start, min(start + per_chunk, count)):
-            if factor:
-                code = _factor(mat, c, upper, -1.0, work, 0, d)
-                status[c] = code
-                if code > 0:
-                    continue
-            else:
-                _load_tril(mat, c, work, 0, d)
+            if _factor_or_load(mat, c, factor, upper, work, 0, status) > 0:
+                continue
             _clear_tril(work, 1, d)
             block = partials[c]
             for p in range(parts):
@@ -388,13 +399,8 @@ def _sample_vjp_kernel(cot, mat, factor, noise, generate, state, shape, kept, pe
         p = item - c * parts
         work = np.empty((2, d, d))
         eps = np.empty(d + 4, cot.dtype)
-        if factor:
-            code = _factor(mat, c, False, -1.0, work, 0, d)
-            status[c] = code
-            if code > 0:
-                continue
-        else:
-            _load_tril(mat, c, work, 0, d)
+        if _factor_or_load(mat, c, factor, False, work, 0, status) > 0:
+            continue
         _clear_tril(work, 1, d)
         for j in range(p * per_element // parts, (p + 1) * per_element // parts):
             n = _preimage(c, j, shape, kept, nd)
@@ -415,9 +421,9 @@ def _sample_vjp_kernel(cot, mat, factor, noise, generate, state, shape, kept, pe
                 _tril_vjp(work, 0, work, 1, d)
                 _store_symmetric(work, 1, d, out, c)
             else:
-                _store(work, 1, d, False, out, c)
+                _store_call(work, 1, d, False, out, c)
         else:
-            _store(work, 1, d, False, partials[c], p)
+            _store_call(work, 1, d, False, partials[c], p)
 
 
 @numba.njit(parallel=True, **KERNEL)
@@ -431,13 +437,11 @@ def _logpdf_vjp_kernel(cot, x, mean, mat, factor, shape, strides, per_chunk, wan
     for chunk in numba.prange((n + per_chunk - 1) // per_chunk):
         work = np.empty((2, d, d))
         z = np.empty((1, d))
-        loaded = -1
         start = chunk * per_chunk
         for b in range(start, min(start + per_chunk, n)):
             xi = _operand_index(b, shape, strides[0], nd)
             m = _operand_index(b, shape, strides[1], nd)
-            code, loaded = _lower_factor(mat, _operand_index(b, shape, strides[2], nd), factor, -1.0, work, loaded, status)
-            if code > 0:
+            if _factor_or_load(mat, _operand_index(b, shape, strides[2], nd), factor, False, work, 0, status) > 0:
                 continue
             _logpdf_vjp(work, 0, d, x, xi, mean, m, cot[b], z, 0, work, 1)
             for i in range(d):
@@ -450,7 +454,7 @@ def _logpdf_vjp_kernel(cot, x, mean, mat, factor, shape, strides, per_chunk, wan
                     _tril_vjp(work, 0, work, 1, d)
                     _store_symmetric(work, 1, d, grad_mat, b)
                 else:
-                    _store(work, 1, d, False, grad_mat, b)
+                    _store_call(work, 1, d, False, grad_mat, b)
 
 
 @numba.njit(parallel=True, **KERNEL)
@@ -466,14 +470,13 @@ def _kl_vjp_kernel(cot, mean1, mat1, factor1, mean2, mat2, factor2, shape, strid
         work2 = np.empty((1, d, d))
         work = np.empty((3, d, d))  # M, then L1's gradient, L2's gradient
         w = np.empty((1, d))
-        loaded1 = loaded2 = -1
         start = chunk * per_chunk
         for b in range(start, min(start + per_chunk, n)):
             m1 = _operand_index(b, shape, strides[0], nd)
             m2 = _operand_index(b, shape, strides[2], nd)
-            code1, loaded1 = _lower_factor(mat1, _operand_index(b, shape, strides[1], nd), factor1, -1.0, work1, loaded1, status1)
-            code2, loaded2 = _lower_factor(mat2, _operand_index(b, shape, strides[3], nd), factor2, -1.0, work2, loaded2, status2)
-            if code1 > 0 or code2 > 0:
+            if _factor_or_load(mat1, _operand_index(b, shape, strides[1], nd), factor1, False, work1, 0, status1) > 0:
+                continue
+            if _factor_or_load(mat2, _operand_index(b, shape, strides[3], nd), factor2, False, work2, 0, status2) > 0:
                 continue
             _kl_vjp(work1, 0, work2, 0, d, mean1, m1, mean2, m2, cot[b], work, 0, work, 1, w, 0, work, 2)
             for i in range(d):
@@ -486,13 +489,13 @@ def _kl_vjp_kernel(cot, mean1, mat1, factor1, mean2, mat2, factor2, shape, strid
                     _tril_vjp(work1, 0, work, 1, d)
                     _store_symmetric(work, 1, d, grad_m1, b)
                 else:
-                    _store(work, 1, d, False, grad_m1, b)
+                    _store_call(work, 1, d, False, grad_m1, b)
             if want[3]:
                 if finish[1]:
                     _tril_vjp(work2, 0, work, 2, d)
                     _store_symmetric(work, 2, d, grad_m2, b)
                 else:
-                    _store(work, 2, d, False, grad_m2, b)
+                    _store_call(work, 2, d, False, grad_m2, b)
 
 
 def _reduce(src, full, operand):
