@@ -186,6 +186,15 @@ def test_cuda_vjp_equals_the_reference(d):
         assert sorted(got) == sorted(expected), case
         for name in expected:
             assert relative_error(got[name], expected[name]) <= 1e-12, (case, name)
+    for case in ["sample cov, rng", "sample scale_tril, rng"] if d == D else []:  # float32: noise regenerated in float32
+        op, cot_shape, args, kwargs = CASES[case]
+        cotangent = np.random.default_rng(2).standard_normal(cot_shape).astype(np.float32)
+        args32 = [np.asarray(a, np.float32) for a in args]
+        kwargs32 = {k: np.asarray(v, np.float32) if isinstance(v, np.ndarray) else v for k, v in kwargs.items()}
+        expected = vjp(op, cotangent, args32, kwargs32, "numpy")
+        got = vjp(op, _on_device(cotangent), [_on_device(a) for a in args32], {k: _on_device(v) for k, v in kwargs32.items()}, "cuda")
+        for name in expected:
+            assert got[name].dtype == np.float32 and relative_error(got[name], expected[name]) <= 1e-6, (case, name)
 
 
 @pytest.mark.parametrize("backend", ["cpu", "cuda"])
