@@ -315,3 +315,22 @@ def kl_vjp(L1, l1, L2, l2, d, mean1, m1, mean2, m2, weight, M, mm, A, aa, w, wl,
         for j in range(i):
             A[aa, i, j] = weight * A[aa, i, j]
         A[aa, i, i] = weight * (A[aa, i, i] - 1.0 / np.float64(L1[l1, i, i]))
+
+
+def store_matrix_grad(L, l, G, g, d, reverse, out, c):
+    """out[c] = the covariance gradient from the factor gradient G[g] (reversed through Cholesky with
+    the factor L[l], symmetric) when ``reverse``, else G[g] itself (lower, zeros above)."""
+    if reverse:
+        tril_vjp(L, l, G, g, d)
+        store_symmetric(G, g, d, out, c)
+    else:
+        store(G, g, d, False, out, c)
+
+
+def store_opposite(v, vl, d, want_minus, minus, want_plus, plus, b):
+    """minus[b] = -v[vl] and plus[b] = v[vl] (each when wanted): the gradients of the two sides of a difference."""
+    for i in range(d):
+        if want_minus:
+            minus[b, i] = -v[vl, i]
+        if want_plus:
+            plus[b, i] = v[vl, i]

@@ -328,13 +328,13 @@ _clear_tril = _g.clear_tril
 _add_tril = _g.add_tril
 _outer_tril = _g.outer_tril
 _tril_t_apply = _g.tril_t_apply
-_tril_vjp = _g.tril_vjp
-_store_symmetric = _g.store_symmetric
 _logpdf_vjp = _g.logpdf_vjp
 _kl_vjp = _g.kl_vjp
 _factor_call = _g.factor
 _load_call = _g.load_tril
 _store_call = _g.store
+_store_matrix_grad = _g.store_matrix_grad
+_store_opposite = _g.store_opposite
 
 
 @numba.njit(**KERNEL)
@@ -366,8 +366,7 @@ def _tril_vjp_kernel(mat, factor, upper, partials, per_chunk, out, status):
             block = partials[c]
             for p in range(parts):
                 _add_tril(work, 1, d, block, p, upper)
-            _tril_vjp(work, 0, work, 1, d)
-            _store_symmetric(work, 1, d, out, c)
+            _store_matrix_grad(work, 0, work, 1, d, True, out, c)
 
 
 @numba.njit(parallel=True, **KERNEL)
@@ -417,11 +416,7 @@ def _sample_vjp_kernel(cot, mat, factor, noise, generate, state, shape, kept, pe
         if not want_matrix:
             continue
         if parts == 1:
-            if factor:
-                _tril_vjp(work, 0, work, 1, d)
-                _store_symmetric(work, 1, d, out, c)
-            else:
-                _store_call(work, 1, d, False, out, c)
+            _store_matrix_grad(work, 0, work, 1, d, factor, out, c)
         else:
             _store_call(work, 1, d, False, partials[c], p)
 
@@ -444,17 +439,9 @@ def _logpdf_vjp_kernel(cot, x, mean, mat, factor, shape, strides, per_chunk, wan
             if _factor_or_load(mat, _operand_index(b, shape, strides[2], nd), factor, False, work, 0, status) > 0:
                 continue
             _logpdf_vjp(work, 0, d, x, xi, mean, m, cot[b], z, 0, work, 1)
-            for i in range(d):
-                if want[0]:
-                    grad_x[b, i] = -z[0, i]
-                if want[1]:
-                    grad_mean[b, i] = z[0, i]
+            _store_opposite(z, 0, d, want[0], grad_x, want[1], grad_mean, b)
             if want[2]:
-                if finish and covariance:
-                    _tril_vjp(work, 0, work, 1, d)
-                    _store_symmetric(work, 1, d, grad_mat, b)
-                else:
-                    _store_call(work, 1, d, False, grad_mat, b)
+                _store_matrix_grad(work, 0, work, 1, d, finish and covariance, grad_mat, b)
 
 
 @numba.njit(parallel=True, **KERNEL)
@@ -479,23 +466,11 @@ def _kl_vjp_kernel(cot, mean1, mat1, factor1, mean2, mat2, factor2, shape, strid
             if _factor_or_load(mat2, _operand_index(b, shape, strides[3], nd), factor2, False, work2, 0, status2) > 0:
                 continue
             _kl_vjp(work1, 0, work2, 0, d, mean1, m1, mean2, m2, cot[b], work, 0, work, 1, w, 0, work, 2)
-            for i in range(d):
-                if want[0]:
-                    grads_v1[b, i] = -w[0, i]
-                if want[2]:
-                    grads_v2[b, i] = w[0, i]
+            _store_opposite(w, 0, d, want[0], grads_v1, want[2], grads_v2, b)
             if want[1]:
-                if finish[0]:
-                    _tril_vjp(work1, 0, work, 1, d)
-                    _store_symmetric(work, 1, d, grad_m1, b)
-                else:
-                    _store_call(work, 1, d, False, grad_m1, b)
+                _store_matrix_grad(work1, 0, work, 1, d, finish[0], grad_m1, b)
             if want[3]:
-                if finish[1]:
-                    _tril_vjp(work2, 0, work, 2, d)
-                    _store_symmetric(work, 2, d, grad_m2, b)
-                else:
-                    _store_call(work, 2, d, False, grad_m2, b)
+                _store_matrix_grad(work2, 0, work, 2, d, finish[1], grad_m2, b)
 
 
 def _reduce(src, full, operand):

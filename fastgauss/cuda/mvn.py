@@ -382,10 +382,10 @@ _clear_tril = _d.clear_tril
 _add_tril = _d.add_tril
 _outer_tril = _d.outer_tril
 _tril_t_apply = _d.tril_t_apply
-_tril_vjp = _d.tril_vjp
-_store_symmetric = _d.store_symmetric
 _logpdf_vjp = _d.logpdf_vjp
 _kl_vjp = _d.kl_vjp
+_store_matrix_grad = _d.store_matrix_grad
+_store_opposite = _d.store_opposite
 
 
 @cuda.jit(device=True)
@@ -409,11 +409,7 @@ def _matrix_grad_item(c, mat, factor, upper, reverse, partials, out, status, W, 
     _clear_tril(W, w + 1, d)
     for p in range(parts):
         _add_tril(W, w + 1, d, partials[c], p, upper)
-    if reverse:
-        _tril_vjp(W, w, W, w + 1, d)
-        _store_symmetric(W, w + 1, d, out, c)
-    else:
-        _store(W, w + 1, d, False, out, c)
+    _store_matrix_grad(W, w, W, w + 1, d, reverse, out, c)
 
 
 @cuda.jit(cache=True)
@@ -473,11 +469,8 @@ def _sample_item(
         return
     if parts > 1:
         _store(W, w + 1, d, False, partials, item)
-    elif factor:
-        _tril_vjp(W, w, W, w + 1, d)
-        _store_symmetric(W, w + 1, d, out, c)
     else:
-        _store(W, w + 1, d, False, out, c)
+        _store_matrix_grad(W, w, W, w + 1, d, factor, out, c)
 
 
 @cuda.jit(cache=True)
@@ -517,17 +510,9 @@ def _logpdf_item(b, cot, x, mean, mat, factor, shape, strides, want, grad_x, gra
     if not _lower(mat, _operand_index(b, shape, strides[2], nd), factor, False, W, w, d, status):
         return
     _logpdf_vjp(W, w, d, x, xi, mean, m, np.float64(cot[b]), z, zl, W, w + 1)
-    for i in range(d):
-        if want[0]:
-            grad_x[b, i] = -z[zl, i]
-        if want[1]:
-            grad_mean[b, i] = z[zl, i]
+    _store_opposite(z, zl, d, want[0], grad_x, want[1], grad_mean, b)
     if want[2]:
-        if finish and covariance:
-            _tril_vjp(W, w, W, w + 1, d)
-            _store_symmetric(W, w + 1, d, grad_mat, b)
-        else:
-            _store(W, w + 1, d, False, grad_mat, b)
+        _store_matrix_grad(W, w, W, w + 1, d, finish and covariance, grad_mat, b)
 
 
 @cuda.jit(cache=True)
@@ -556,23 +541,11 @@ def _kl_item(b, cot, mean1, mat1, factor1, mean2, mat2, factor2, shape, strides,
     if not _lower(mat2, _operand_index(b, shape, strides[3], nd), factor2, False, W, w + 1, d, status2):
         return
     _kl_vjp(W, w, W, w + 1, d, mean1, m1, mean2, m2, np.float64(cot[b]), W, w + 2, W, w + 3, v, vl, W, w + 4)
-    for i in range(d):
-        if want[0]:
-            grad_v1[b, i] = -v[vl, i]
-        if want[2]:
-            grad_v2[b, i] = v[vl, i]
+    _store_opposite(v, vl, d, want[0], grad_v1, want[2], grad_v2, b)
     if want[1]:
-        if finish[0]:
-            _tril_vjp(W, w, W, w + 3, d)
-            _store_symmetric(W, w + 3, d, grad_m1, b)
-        else:
-            _store(W, w + 3, d, False, grad_m1, b)
+        _store_matrix_grad(W, w, W, w + 3, d, finish[0], grad_m1, b)
     if want[3]:
-        if finish[1]:
-            _tril_vjp(W, w + 1, W, w + 4, d)
-            _store_symmetric(W, w + 4, d, grad_m2, b)
-        else:
-            _store(W, w + 4, d, False, grad_m2, b)
+        _store_matrix_grad(W, w + 1, W, w + 4, d, finish[1], grad_m2, b)
 
 
 @cuda.jit(cache=True)

@@ -114,12 +114,20 @@ def mvn_logpdf(x, mean, cov, scale_tril, batch, out):
     return status
 
 
-def mvn_kl(mean1, cov1, mean2, cov2, batch, out):
-    """0.5 (|L2^-1 L1|_F^2 + |L2^-1 (mean2 - mean1)|^2 - d + 2 sum (log L2_ii - log L1_ii))."""
+def _factor_pair(cov1, cov2):
+    """(L1, L2, status) of mvn_kl's two covariances; L1 and L2 are None when either failed."""
     L1, codes1 = factor(cov1)
     L2, codes2 = factor(cov2)
     status = {"cov1": summarize(codes1), "cov2": summarize(codes2)}
     if status["cov1"][0] >= 0 or status["cov2"][0] >= 0:
+        return None, None, status
+    return L1, L2, status
+
+
+def mvn_kl(mean1, cov1, mean2, cov2, batch, out):
+    """0.5 (|L2^-1 L1|_F^2 + |L2^-1 (mean2 - mean1)|^2 - d + 2 sum (log L2_ii - log L1_ii))."""
+    L1, L2, status = _factor_pair(cov1, cov2)
+    if L1 is None:
         return status
     d = L1.shape[-1]
     trace = (solve_lower(L2, L1) ** 2).sum(axis=(-2, -1))
@@ -183,6 +191,15 @@ def _write_matrix_grad(L, grad_L, matrix_shape, grad_cov, grad_scale_tril):
         grad_cov[...] = cholesky_backward(L, grad_L)
 
 
+def _write_opposite(value, grad_minus, minus_shape, grad_plus, plus_shape):
+    """The gradients of the two sides of a difference whose gradient is ``value``: -value and value,
+    each summed to its argument's shape."""
+    if grad_minus is not None:
+        grad_minus[...] = reduce_to(-value, minus_shape)
+    if grad_plus is not None:
+        grad_plus[...] = reduce_to(value, plus_shape)
+
+
 def cholesky_vjp(cotangent, a, upper, grad_a):
     L, codes = factor(a, upper)
     status = {"a": summarize(codes)}
@@ -223,11 +240,7 @@ def mvn_logpdf_vjp(cotangent, x, mean, cov, scale_tril, batch, *, grad_x, grad_m
     z = solve_lower(L, diff[..., None])
     inverse = solve_lower(L, np.broadcast_to(np.eye(d), L.shape))
     u = _transpose(inverse) @ z
-    gu = g[..., None] * u[..., 0]
-    if grad_x is not None:
-        grad_x[...] = reduce_to(-gu, np.shape(x))
-    if grad_mean is not None:
-        grad_mean[...] = reduce_to(gu, np.shape(mean))
+    _write_opposite(g[..., None] * u[..., 0], grad_x, np.shape(x), grad_mean, np.shape(mean))
     if grad_cov is not None or grad_scale_tril is not None:
         with np.errstate(divide="ignore"):
             diagonal = np.eye(d) / np.diagonal(L, axis1=-2, axis2=-1)[..., None]
@@ -237,10 +250,8 @@ def mvn_logpdf_vjp(cotangent, x, mean, cov, scale_tril, batch, *, grad_x, grad_m
 
 
 def mvn_kl_vjp(cotangent, mean1, cov1, mean2, cov2, batch, *, grad_mean1, grad_cov1, grad_mean2, grad_cov2):
-    L1, codes1 = factor(cov1)
-    L2, codes2 = factor(cov2)
-    status = {"cov1": summarize(codes1), "cov2": summarize(codes2)}
-    if status["cov1"][0] >= 0 or status["cov2"][0] >= 0:
+    L1, L2, status = _factor_pair(cov1, cov2)
+    if L1 is None:
         return status
     d = L1.shape[-1]
     g = np.asarray(cotangent, dtype=np.float64)
@@ -248,11 +259,7 @@ def mvn_kl_vjp(cotangent, mean1, cov1, mean2, cov2, batch, *, grad_mean1, grad_c
     diff = np.asarray(mean2, dtype=np.float64) - np.asarray(mean1, dtype=np.float64)
     w = inverse2 @ diff[..., None]
     v = _transpose(inverse2) @ w
-    gv = g[..., None] * v[..., 0]
-    if grad_mean1 is not None:
-        grad_mean1[...] = reduce_to(-gv, np.shape(mean1))
-    if grad_mean2 is not None:
-        grad_mean2[...] = reduce_to(gv, np.shape(mean2))
+    _write_opposite(g[..., None] * v[..., 0], grad_mean1, np.shape(mean1), grad_mean2, np.shape(mean2))
     M = inverse2 @ L1
     A = _transpose(inverse2) @ M
     eye = np.eye(d)
@@ -262,4 +269,4 @@ def mvn_kl_vjp(cotangent, mean1, cov1, mean2, cov2, batch, *, grad_mean1, grad_c
     if grad_cov2 is not None:
         grad_L2 = g[..., None, None] * (eye / np.diagonal(L2, axis1=-2, axis2=-1)[..., None] - np.tril(A @ _transpose(M)) - np.tril(v @ _transpose(w)))
         _write_matrix_grad(L2, grad_L2, L2.shape, grad_cov2, None)
-    return {}
+    return status
