@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import fastgauss
-from conftest import CUDA_USABLE, to_backend, to_numpy
+from conftest import CUDA_USABLE, assert_same_digest_for_thread_counts, to_backend, to_numpy
 from fastgauss import mvn
 from fastgauss._plans import mvn as plan
 
@@ -291,3 +291,27 @@ def test_vjp_errors():
         mvn._vjp_mvn_logpdf(np.ones(2), np.zeros((2, D)), np.zeros(D), singular, backend="cpu")
     grads = mvn._vjp_mvn_sample(np.ones((0, D)), np.ones(D), np.eye(D), size=0, rng=1, backend="cpu")
     assert np.array_equal(grads["mean"], np.zeros(D)) and np.array_equal(grads["cov"], np.zeros((D, D)))
+
+
+DIGEST_SCRIPT = """
+import hashlib, numpy as np, numba, fastgauss
+rng = np.random.default_rng(3)
+a = rng.standard_normal((5, 3, 3)); cov = a @ a.swapaxes(-1, -2) / 3 + 0.5 * np.eye(3)
+mean = rng.standard_normal((2_001, 3))
+digest = hashlib.sha256()
+# 10k vectors per covariance and 2k per mean vector: summed in several segments
+for grads in (
+    fastgauss.mvn._vjp_mvn_sample(rng.standard_normal((5, 2_001, 3)), mean, cov[0], size=5, rng=7),
+    fastgauss.mvn._vjp_mvn_kl(rng.standard_normal(2_001), mean, cov[1], mean[0], cov[2]),
+    fastgauss.mvn._vjp_mvn_logpdf(rng.standard_normal((5, 2_001)), rng.standard_normal((5, 2_001, 3)), mean, cov[3]),
+):
+    for name in sorted(grads):
+        digest.update(grads[name].tobytes())
+print(numba.get_num_threads(), digest.hexdigest())
+"""
+
+
+def test_bitwise_identical_for_any_thread_count():
+    """Broadcast gradients are summed in segments fixed by the shapes: the same bits on 1 and 3 threads."""
+    assert plan.segments(5 * 2_001) > 1
+    assert_same_digest_for_thread_counts(DIGEST_SCRIPT)

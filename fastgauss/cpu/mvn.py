@@ -370,55 +370,62 @@ def _tril_vjp_kernel(mat, factor, upper, partials, per_chunk, out, status):
 
 
 @numba.njit(parallel=True, **KERNEL)
-def _reduce_kernel(src, shape, kept, per_element, partials):
+def _reduce_kernel(src, shape, kept, per_element, per_chunk, partials):
     """partials[c, p, k] = the sum of src[n, k] over segment p of element c's preimage n."""
     count, parts, width = partials.shape
+    items = count * parts
     nd = shape.size
-    for item in numba.prange(count * parts):
-        c = item // parts
-        p = item - c * parts
-        acc = np.zeros(width)
-        for j in range(p * per_element // parts, (p + 1) * per_element // parts):
-            n = _preimage(c, j, shape, kept, nd)
+    for chunk in numba.prange((items + per_chunk - 1) // per_chunk):
+        acc = np.empty(width)
+        for item in range(chunk * per_chunk, min((chunk + 1) * per_chunk, items)):
+            c = item // parts
+            p = item - c * parts
+            acc[:] = 0.0
+            for j in range(p * per_element // parts, (p + 1) * per_element // parts):
+                n = _preimage(c, j, shape, kept, nd)
+                for k in range(width):
+                    acc[k] += np.float64(src[n, k])
             for k in range(width):
-                acc[k] += np.float64(src[n, k])
-        for k in range(width):
-            partials[c, p, k] = acc[k]
+                partials[c, p, k] = acc[k]
 
 
 @numba.njit(parallel=True, **KERNEL)
-def _sample_vjp_kernel(cot, mat, factor, noise, generate, state, shape, kept, per_element, parts, want_matrix, want_noise, grad_noise, partials, out, status):
+def _sample_vjp_kernel(
+    cot, mat, factor, noise, generate, state, shape, kept, per_element, parts, per_chunk, want_matrix, want_noise, grad_noise, partials, out, status
+):
     """Item (c, p): matrix c's factor, and over segment p of its preimage (vectors n):
     G = sum tril(g_n eps_n^T) and grad_noise_n = L^T g_n. With one segment, out[c] = the matrix
     gradient (factor: covariance, reversed; else the factor's); else partials[c, p] = G."""
     count, d = mat.shape[0], mat.shape[1]
+    items = count * parts
     nd = shape.size
-    for item in numba.prange(count * parts):
-        c = item // parts
-        p = item - c * parts
+    for chunk in numba.prange((items + per_chunk - 1) // per_chunk):
         work = np.empty((2, d, d))
         eps = np.empty(d + 4, cot.dtype)
-        if _factor_or_load(mat, c, factor, False, work, 0, status) > 0:
-            continue
-        _clear_tril(work, 1, d)
-        for j in range(p * per_element // parts, (p + 1) * per_element // parts):
-            n = _preimage(c, j, shape, kept, nd)
-            if want_noise:
-                _tril_t_apply(work, 0, d, cot, n * d, grad_noise, n * d)
-            if want_matrix:
-                if generate:
-                    first = n * d
-                    aligned = first - first % 4
-                    normal_part(eps[: first + d - aligned], aligned, state)
-                    _outer_tril(work, 1, d, cot, first, eps, first - aligned)
-                else:
-                    _outer_tril(work, 1, d, cot, n * d, noise, n * d)
-        if not want_matrix:
-            continue
-        if parts == 1:
-            _store_matrix_grad(work, 0, work, 1, d, factor, out, c)
-        else:
-            _store_call(work, 1, d, False, partials[c], p)
+        for item in range(chunk * per_chunk, min((chunk + 1) * per_chunk, items)):
+            c = item // parts
+            p = item - c * parts
+            if _factor_or_load(mat, c, factor, False, work, 0, status) > 0:
+                continue
+            _clear_tril(work, 1, d)
+            for j in range(p * per_element // parts, (p + 1) * per_element // parts):
+                n = _preimage(c, j, shape, kept, nd)
+                if want_noise:
+                    _tril_t_apply(work, 0, d, cot, n * d, grad_noise, n * d)
+                if want_matrix:
+                    if generate:  # the blocks holding elements n d .. n d + d - 1, from a multiple of 4
+                        first = n * d
+                        aligned = first - first % 4
+                        normal_part(eps[: first + d - aligned], aligned, state)
+                        _outer_tril(work, 1, d, cot, first, eps, first - aligned)
+                    else:
+                        _outer_tril(work, 1, d, cot, n * d, noise, n * d)
+            if not want_matrix:
+                continue
+            if parts == 1:
+                _store_matrix_grad(work, 0, work, 1, d, factor, out, c)
+            else:
+                _store_call(work, 1, d, False, partials[c], p)
 
 
 @numba.njit(parallel=True, **KERNEL)
@@ -478,7 +485,7 @@ def _reduce(src, full, operand):
     preimage, for an operand of batch shape ``operand`` broadcast to ``full``."""
     shape, kept, count, per_element = broadcast_geometry(full, operand)
     partials = np.empty((count, segments(per_element), src.shape[1]))
-    launch(_reduce_kernel, src, shape, kept, per_element, partials)
+    launch(_reduce_kernel, src, shape, kept, per_element, per_chunk(count * partials.shape[1]), partials)
     return partials
 
 
@@ -566,7 +573,7 @@ def mvn_sample_vjp(cotangent, mean, cov, scale_tril, batch, noise, *, stream, gr
         mat = _matrices(matrix, np.float64)
         launch(
             _sample_vjp_kernel, cot, mat, cov is not None, noise_flat, generate, state, shape, kept, per_element, parts,
-            grad_matrix is not None, grad_noise is not None, noise_target, partials, out, codes,
+            per_chunk(count * parts), grad_matrix is not None, grad_noise is not None, noise_target, partials, out, codes,
         )
         if cov is not None:
             status["cov"] = summarize(codes)
