@@ -14,6 +14,10 @@ positive definite, or holds NaN in that triangle, raises
 ``numpy.linalg.LinAlgError`` naming the argument, the batch index of the first such
 matrix (C order) and the order of its first leading minor that is not positive
 definite.
+
+Gradients: every op here has a VJP, ``_vjp_<op>`` (see "gradients" at the end of this
+module), which ``fastgauss.vjp`` and the torch autograd adapter call; the backward kernels
+recompute the factor from the forward's inputs (and mvn_sample's noise from its stream).
 """
 
 import numbers
