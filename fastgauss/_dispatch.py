@@ -65,6 +65,12 @@ OPS = {
     "mvn_sample": Op("mvn", "mean, cov, scale_tril, batch, noise, out, *, fresh, stream, tol"),
     "mvn_logpdf": Op("mvn", "x, mean, cov, scale_tril, batch, out"),
     "mvn_kl": Op("mvn", "mean1, cov1, mean2, cov2, batch, out"),
+    # Gradients (VJPs): "<op>_vjp" takes the cotangent, the forward's inputs and one preallocated
+    # gradient per differentiable argument (None: not wanted, not computed).
+    "cholesky_vjp": Op("mvn", "cotangent, a, upper, grad_a"),
+    "mvn_sample_vjp": Op("mvn", "cotangent, mean, cov, scale_tril, batch, noise, *, stream, grad_mean, grad_cov, grad_scale_tril, grad_noise"),
+    "mvn_logpdf_vjp": Op("mvn", "cotangent, x, mean, cov, scale_tril, batch, *, grad_x, grad_mean, grad_cov, grad_scale_tril"),
+    "mvn_kl_vjp": Op("mvn", "cotangent, mean1, cov1, mean2, cov2, batch, *, grad_mean1, grad_cov1, grad_mean2, grad_cov2"),
 }
 
 ENV_VAR = "FASTGAUSS_BACKEND"
@@ -190,8 +196,12 @@ def resolve(backend, arrays):
 
 
 def public_function(op):
-    """The public function of ``op``: ``fastgauss.<family>.<op>``, or None for a Generator method."""
-    return getattr(importlib.import_module(f"fastgauss.{OPS[op].family}"), op, None)
+    """The public function of ``op``: ``fastgauss.<family>.<op>``, or None for a Generator method;
+    for a gradient ``<name>_vjp``, the family's ``_vjp_<name>`` (what ``fastgauss.vjp`` calls)."""
+    module = importlib.import_module(f"fastgauss.{OPS[op].family}")
+    if op.endswith("_vjp") and op[: -len("_vjp")] in OPS:
+        return getattr(module, "_vjp_" + op[: -len("_vjp")], None)
+    return getattr(module, op, None)
 
 
 def implementation(op, backend):

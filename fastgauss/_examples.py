@@ -17,7 +17,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from fastgauss import diffusion
+from fastgauss import diffusion, mvn
 from fastgauss.diffusion import q_sample
 from fastgauss.kl import discretized_gaussian_log_likelihood, normal_kl, normal_logpdf
 from fastgauss.mvn import cholesky, mvn_kl, mvn_logpdf, mvn_sample
@@ -199,6 +199,69 @@ def _mvn_kl(shape, dtype, rng):
     ]
 
 
+# Gradients: each call returns the VJP's gradients as a tuple, in the order named.
+
+
+def _gradients(op, names, keywords=()):
+    """The VJP of op as a Call's function: the last len(keywords) positional arguments are passed as
+    those keywords (so that the self-check moves them to the device too)."""
+    vjp = getattr(mvn, "_vjp_" + op)
+
+    def gradients(*args, backend=None, **kwargs):
+        split = len(args) - len(keywords)
+        grads = vjp(*args[:split], backend=backend, **dict(zip(keywords, args[split:])), **kwargs)
+        return tuple(grads[name] for name in names)
+
+    gradients.__name__ = f"{op}_vjp"
+    return gradients
+
+
+def _cholesky_vjp(shape, dtype, rng):
+    count, _, cov = _mvn_inputs(shape, dtype, rng)
+    cotangent = rng.standard_normal(cov.shape).astype(dtype)
+    gradients = _gradients("cholesky", ["a"])
+    return [
+        Call(f"{count} 4x4", gradients, (cotangent, cov), {}),
+        Call("upper=True, 3x3", gradients, (cotangent[:5, :3, :3].copy(), np.ascontiguousarray(cov[:5, :3, :3])), {"upper": True}),
+    ]
+
+
+def _mvn_sample_vjp(shape, dtype, rng):
+    count, mean, cov = _mvn_inputs(shape, dtype, rng)
+    noise = rng.standard_normal((2, count, MVN_D)).astype(dtype)
+    scale_tril = np.linalg.cholesky(cov[:3].astype(np.float64)).astype(dtype)
+    return [
+        Call(f"{count} 4x4, noise drawn", _gradients("mvn_sample", ["mean", "cov"]), (rng.standard_normal(mean.shape).astype(dtype), mean, cov), {"rng": SEED}),
+        Call(
+            "given noise, 2 samples", _gradients("mvn_sample", ["mean", "cov", "noise"], ["noise"]),
+            (rng.standard_normal(noise.shape).astype(dtype), mean, cov, noise), {},
+        ),
+        Call(
+            "scale_tril, size (2, 5)", _gradients("mvn_sample", ["mean", "scale_tril"], ["scale_tril"]),
+            (rng.standard_normal((2, 5, 3, MVN_D)).astype(dtype), mean[0], scale_tril), {"size": (2, 5), "rng": SEED},
+        ),
+    ]
+
+
+def _mvn_logpdf_vjp(shape, dtype, rng):
+    count, mean, cov = _mvn_inputs(shape, dtype, rng)
+    x = rng.standard_normal((count, MVN_D)).astype(dtype)
+    cotangent = rng.standard_normal(count).astype(dtype)
+    gradients = _gradients("mvn_logpdf", ["x", "mean", "cov"])
+    return [Call(f"{count} 4x4", gradients, (cotangent, x, mean, cov), {}), Call("one cov, many x", gradients, (cotangent, x, mean[0], cov[0]), {})]
+
+
+def _mvn_kl_vjp(shape, dtype, rng):
+    count, mean, cov = _mvn_inputs(shape, dtype, rng)
+    _, mean2, cov2 = _mvn_inputs(shape, dtype, rng)
+    cotangent = rng.standard_normal(count).astype(dtype)
+    gradients = _gradients("mvn_kl", ["mean1", "cov1", "mean2", "cov2"])
+    return [
+        Call(f"{count} 4x4 pairs", gradients, (cotangent, mean, cov, mean2, cov2), {}),
+        Call("against one", gradients, (cotangent, mean, cov, mean2[0], cov2[0]), {}),
+    ]
+
+
 # The KL family on image-shaped data; reduce="mean" (per-sample, fused) is benchmarked.
 
 
@@ -276,4 +339,8 @@ EXAMPLES = {
     "mvn_sample": _mvn_sample,
     "mvn_logpdf": _mvn_logpdf,
     "mvn_kl": _mvn_kl,
+    "cholesky_vjp": _cholesky_vjp,
+    "mvn_sample_vjp": _mvn_sample_vjp,
+    "mvn_logpdf_vjp": _mvn_logpdf_vjp,
+    "mvn_kl_vjp": _mvn_kl_vjp,
 }

@@ -14,10 +14,15 @@ positive definite, or holds NaN in that triangle, raises
 ``numpy.linalg.LinAlgError`` naming the argument, the batch index of the first such
 matrix (C order) and the order of its first leading minor that is not positive
 definite.
+
+Gradients: every op here has a VJP, ``_vjp_<op>`` (see "gradients" at the end of this
+module), which ``fastgauss.vjp`` and the torch autograd adapter call; the backward kernels
+recompute the factor from the forward's inputs (and mvn_sample's noise from its stream).
 """
 
 import numbers
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -68,15 +73,10 @@ def cholesky(a, *, upper=False, backend=None):
     >>> fastgauss.cholesky(np.stack([a, 2 * a]), upper=True).shape
     (2, 2, 2)
     """
-    name = resolve(backend, {"a": a})
-    on_device = name == "cuda"
-    a, shape, a_dtype = _matrices("a", a, on_device)
-    dtype = _checks.result_dtype(a=a_dtype)
-    if not isinstance(upper, (bool, np.bool_)):
-        raise TypeError(f"upper must be a bool; got {type(upper).__name__}")
-    out = _checks.output(None, shape, dtype, like=a, inputs={})
-    result, status = implementation("cholesky", name)(a, bool(upper), out)
-    _raise_failures(status, {"a": shape[:-2]})
+    call = _cholesky_call(a, upper, backend)
+    out = _checks.output(None, call.shape, call.dtype, like=call.a, inputs={})
+    result, status = implementation("cholesky", call.backend)(call.a, call.upper, out)
+    _raise_failures(status, {"a": call.shape[:-2]})
     return result
 
 
@@ -139,8 +139,6 @@ def mvn_sample(mean, cov=None, *, scale_tril=None, size=None, rng=None, noise=No
     >>> fastgauss.mvn_sample(np.zeros(3), scale_tril=np.eye(3) * 2, noise=eps)[0]
     array([2., 2., 2.])
     """
-    if (cov is None) == (scale_tril is None):
-        raise ValueError("pass exactly one of cov and scale_tril")
     out, status, _ = _sample(mean, cov, scale_tril, size, rng, noise, out, backend, tol=NO_CHECK)
     return out
 
@@ -180,22 +178,10 @@ def mvn_logpdf(x, mean, cov=None, *, scale_tril=None, backend=None):
     >>> fastgauss.mvn_logpdf(np.zeros((10, 2)), np.zeros(2), np.eye(2)).shape
     (10,)
     """
-    if (cov is None) == (scale_tril is None):
-        raise ValueError("pass exactly one of cov and scale_tril")
-    name = resolve(backend, {"x": x, "mean": mean, "cov": cov, "scale_tril": scale_tril})
-    on_device = name == "cuda"
-    x, x_shape, x_dtype = _vectors("x", x, on_device)
-    d = x_shape[-1]
-    mean, mean_shape, mean_dtype = _vectors("mean", mean, on_device, d, "x")
-    matrix_name = "cov" if cov is not None else "scale_tril"
-    matrix, matrix_shape, matrix_dtype = _matrices(matrix_name, cov if cov is not None else scale_tril, on_device, d)
-    batch = _broadcast_batch({"x": x_shape[:-1], "mean": mean_shape[:-1], matrix_name: matrix_shape[:-2]})
-    dtype = _checks.result_dtype(x=x_dtype, mean=mean_dtype, **{matrix_name: matrix_dtype})
-    out = _checks.output(None, batch, dtype, like=x, inputs={})
-    covariance = matrix if cov is not None else None
-    factor = matrix if cov is None else None
-    status = implementation("mvn_logpdf", name)(x, mean, covariance, factor, batch, out)
-    _raise_failures(status, {"cov": matrix_shape[:-2]})
+    call = _logpdf_call(x, mean, cov, scale_tril, backend)
+    out = _checks.output(None, call.batch, call.dtype, like=call.x, inputs={})
+    status = implementation("mvn_logpdf", call.backend)(call.x, call.mean, call.cov, call.scale_tril, call.batch, out)
+    _raise_failures(status, {"cov": call.matrix_shape[:-2]})
     return out
 
 
@@ -233,19 +219,10 @@ def mvn_kl(mean1, cov1, mean2, cov2, *, backend=None):
     >>> float(fastgauss.mvn_kl(np.zeros(2), np.eye(2), np.ones(2), np.eye(2)))  # |m2 - m1|^2 / 2
     1.0
     """
-    arrays = {"mean1": mean1, "cov1": cov1, "mean2": mean2, "cov2": cov2}
-    name = resolve(backend, arrays)
-    on_device = name == "cuda"
-    mean1, mean1_shape, mean1_dtype = _vectors("mean1", mean1, on_device)
-    d = mean1_shape[-1]
-    mean2, mean2_shape, mean2_dtype = _vectors("mean2", mean2, on_device, d, "mean1")
-    cov1, cov1_shape, cov1_dtype = _matrices("cov1", cov1, on_device, d, "mean1")
-    cov2, cov2_shape, cov2_dtype = _matrices("cov2", cov2, on_device, d, "mean1")
-    batch = _broadcast_batch({"mean1": mean1_shape[:-1], "cov1": cov1_shape[:-2], "mean2": mean2_shape[:-1], "cov2": cov2_shape[:-2]})
-    dtype = _checks.result_dtype(mean1=mean1_dtype, cov1=cov1_dtype, mean2=mean2_dtype, cov2=cov2_dtype)
-    out = _checks.output(None, batch, dtype, like=mean1, inputs={})
-    status = implementation("mvn_kl", name)(mean1, cov1, mean2, cov2, batch, out)
-    _raise_failures(status, {"cov1": cov1_shape[:-2], "cov2": cov2_shape[:-2]})
+    call = _kl_call(mean1, cov1, mean2, cov2, backend)
+    out = _checks.output(None, call.batch, call.dtype, like=call.mean1, inputs={})
+    status = implementation("mvn_kl", call.backend)(call.mean1, call.cov1, call.mean2, call.cov2, call.batch, out)
+    _raise_failures(status, call.matrix_batches)
     return out
 
 
@@ -301,11 +278,60 @@ def _positive_semidefinite(cov, flat_index, tol):
 # --- shared steps -------------------------------------------------------------------------
 
 
-def _sample(mean, cov, scale_tril, size, rng, noise, out, backend, tol, raise_failures=True):
-    """Validate, allocate, reserve the stream and run mvn_sample's backend: (out, status, matrix)."""
+def _cholesky_call(a, upper, backend, cotangent=None):
+    """cholesky's validated arguments (and its backend, result shape and dtype)."""
+    name = resolve(backend, {"a": a, "cotangent": cotangent})
+    a, shape, a_dtype = _matrices("a", a, name == "cuda")
+    dtype = _checks.result_dtype(a=a_dtype)
+    if not isinstance(upper, (bool, np.bool_)):
+        raise TypeError(f"upper must be a bool; got {type(upper).__name__}")
+    return SimpleNamespace(backend=name, a=a, upper=bool(upper), shape=shape, dtype=dtype)
+
+
+def _logpdf_call(x, mean, cov, scale_tril, backend, cotangent=None):
+    """mvn_logpdf's validated arguments, backend, batch shape and result dtype."""
+    if (cov is None) == (scale_tril is None):
+        raise ValueError("pass exactly one of cov and scale_tril")
+    name = resolve(backend, {"x": x, "mean": mean, "cov": cov, "scale_tril": scale_tril, "cotangent": cotangent})
+    on_device = name == "cuda"
+    x, x_shape, x_dtype = _vectors("x", x, on_device)
+    d = x_shape[-1]
+    mean, mean_shape, mean_dtype = _vectors("mean", mean, on_device, d, "x")
+    matrix_name = "cov" if cov is not None else "scale_tril"
+    matrix, matrix_shape, matrix_dtype = _matrices(matrix_name, cov if cov is not None else scale_tril, on_device, d)
+    batch = _broadcast_batch({"x": x_shape[:-1], "mean": mean_shape[:-1], matrix_name: matrix_shape[:-2]})
+    dtype = _checks.result_dtype(x=x_dtype, mean=mean_dtype, **{matrix_name: matrix_dtype})
+    return SimpleNamespace(
+        backend=name, x=x, mean=mean, cov=matrix if cov is not None else None, scale_tril=matrix if cov is None else None,
+        matrix_name=matrix_name, matrix=matrix, matrix_shape=matrix_shape, batch=batch, dtype=dtype,
+    )
+
+
+def _kl_call(mean1, cov1, mean2, cov2, backend, cotangent=None):
+    """mvn_kl's validated arguments, backend, batch shape and result dtype."""
+    name = resolve(backend, {"mean1": mean1, "cov1": cov1, "mean2": mean2, "cov2": cov2, "cotangent": cotangent})
+    on_device = name == "cuda"
+    mean1, mean1_shape, mean1_dtype = _vectors("mean1", mean1, on_device)
+    d = mean1_shape[-1]
+    mean2, mean2_shape, mean2_dtype = _vectors("mean2", mean2, on_device, d, "mean1")
+    cov1, cov1_shape, cov1_dtype = _matrices("cov1", cov1, on_device, d, "mean1")
+    cov2, cov2_shape, cov2_dtype = _matrices("cov2", cov2, on_device, d, "mean1")
+    batch = _broadcast_batch({"mean1": mean1_shape[:-1], "cov1": cov1_shape[:-2], "mean2": mean2_shape[:-1], "cov2": cov2_shape[:-2]})
+    dtype = _checks.result_dtype(mean1=mean1_dtype, cov1=cov1_dtype, mean2=mean2_dtype, cov2=cov2_dtype)
+    return SimpleNamespace(
+        backend=name, mean1=mean1, cov1=cov1, mean2=mean2, cov2=cov2, batch=batch, dtype=dtype,
+        matrix_batches={"cov1": cov1_shape[:-2], "cov2": cov2_shape[:-2]},
+    )
+
+
+def _sample_call(mean, cov, scale_tril, size, rng, noise, out, backend, cotangent=None):
+    """mvn_sample's validated arguments: backend, arrays, batch and result shape, dtype, and the
+    generator to draw from (None when noise is given)."""
+    if (cov is None) == (scale_tril is None):
+        raise ValueError("pass exactly one of cov and scale_tril")
     matrix_name = "cov" if cov is not None else "scale_tril"
     matrix = cov if cov is not None else scale_tril
-    name = resolve(backend, {"mean": mean, matrix_name: matrix, "noise": noise, "out": out})
+    name = resolve(backend, {"mean": mean, matrix_name: matrix, "noise": noise, "out": out, "cotangent": cotangent})
     on_device = name == "cuda"
     mean, mean_shape, mean_dtype = _vectors("mean", mean, on_device)
     d = mean_shape[-1]
@@ -328,19 +354,28 @@ def _sample(mean, cov, scale_tril, size, rng, noise, out, backend, tol, raise_fa
         if size is not None and _checks.sample_shape(size) != sample:
             raise ValueError(f"size {_checks.sample_shape(size)} disagrees with the sample shape {sample} of noise {noise_shape}")
         dtype = _checks.result_dtype(mean=mean_dtype, **{matrix_name: matrix_dtype}, noise=noise_dtype)
-    shape = sample + tail
+        generator = None
+    return SimpleNamespace(
+        backend=name, mean=mean, cov=matrix if cov is not None else None, scale_tril=matrix if cov is None else None,
+        matrix_name=matrix_name, matrix=matrix, matrix_shape=matrix_shape, batch=batch, shape=sample + tail, dtype=dtype,
+        noise=noise, generator=generator,
+    )
+
+
+def _sample(mean, cov, scale_tril, size, rng, noise, out, backend, tol, raise_failures=True):
+    """Validate, allocate, reserve the stream and run mvn_sample's backend: (out, status, matrix)."""
+    call = _sample_call(mean, cov, scale_tril, size, rng, noise, out, backend)
+    mean, matrix, matrix_name, noise, shape, dtype = call.mean, call.matrix, call.matrix_name, call.noise, call.shape, call.dtype
     fresh = out is None
     if out is not None and _checks.may_overlap(out, matrix):
         raise ValueError(f"out overlaps {matrix_name}; pass a separate array (out may be exactly mean or noise)")
     out = _checks.output(out, shape, dtype, like=mean, inputs={"mean": mean, "noise": noise})
     stream = None
     if noise is None:
-        stream = generator.reserve(blocks_needed(_checks.size(shape), dtype))
-    covariance = matrix if cov is not None else None
-    factor = matrix if cov is None else None
-    status = implementation("mvn_sample", name)(mean, covariance, factor, batch, noise, out, fresh=fresh, stream=stream, tol=tol)
+        stream = call.generator.reserve(blocks_needed(_checks.size(shape), dtype))
+    status = implementation("mvn_sample", call.backend)(mean, call.cov, call.scale_tril, call.batch, noise, out, fresh=fresh, stream=stream, tol=tol)
     if raise_failures:
-        _raise_failures(status, {"cov": matrix_shape[:-2]})
+        _raise_failures(status, {"cov": call.matrix_shape[:-2]})
     return out, status, matrix
 
 
@@ -387,3 +422,173 @@ def _raise_failures(status, batch_shapes):
                 f"{name} matrix at batch index {_batch_index(failure.failed, batch_shapes[name])} "
                 f"is not positive definite (leading minor of order {failure.order})"
             )
+
+
+# --- gradients ---------------------------------------------------------------------------
+# The VJPs (vector-Jacobian products) of the four ops, reached through ``fastgauss.vjp``:
+# ``_vjp_<op>(cotangent, *forward args, wrt=None, **forward kwargs)`` validates like the
+# forward, allocates one gradient per differentiable array argument (or per name in
+# ``wrt``), of that argument's shape and the forward's result dtype, and runs the backend's
+# ``<op>_vjp``. Covariance gradients follow torch.linalg.cholesky's autograd: the symmetric
+# matrix sym(L^-T Phi(L^T gL) L^-1) (Murray 2016), so perturbing a covariance by a symmetric
+# E changes the result by <gradient, E>; a ``scale_tril`` gets the lower triangle of its
+# factor's gradient (its upper triangle is never read). Broadcast arguments get the sum over
+# the elements they were broadcast to.
+
+
+def _vjp_cholesky(cotangent, a, *, upper=False, backend=None, wrt=None):
+    r"""Gradient of ``cholesky(a, upper=upper)``: {"a": sym(L^-T Phi(L^T gL) L^-1)}, gL the cotangent
+    (its transpose with ``upper``), Phi the lower triangle with a halved diagonal, sym(X) = (X + X^T) / 2.
+
+    >>> import numpy as np, fastgauss
+    >>> a = np.array([[4.0, 2.0], [2.0, 3.0]])
+    >>> fastgauss.mvn._vjp_cholesky(np.eye(2), a)["a"]  # d(L_00 + L_11)/da
+    array([[ 0.33838835, -0.1767767 ],
+           [-0.1767767 ,  0.35355339]])
+    """
+    call = _cholesky_call(a, upper, backend, cotangent)
+    wanted = _wanted(wrt, ["a"])
+    cotangent = _cotangent(cotangent, call.shape, call.dtype, call.backend)
+    grads = _allocate_gradients(wanted, {"a": (call.a, call.shape)}, call.dtype, _checks.size(call.shape) == 0)
+    if grads["a"] is not None and _checks.size(call.shape):
+        status = implementation("cholesky_vjp", call.backend)(cotangent, call.a, call.upper, grads["a"])
+        _raise_failures(status, {"a": call.shape[:-2]})
+    return _wanted_only(grads)
+
+
+def _vjp_mvn_sample(cotangent, mean, cov=None, *, scale_tril=None, size=None, rng=None, noise=None, out=None, backend=None, wrt=None):
+    r"""Gradients of ``x = mean + L eps`` (``mvn_sample``) for the cotangent g of x (shape of x):
+    mean: g summed to mean's shape; L: tril(sum g eps^T), then cov through Cholesky's reverse pass
+    (or scale_tril: that lower triangle); noise: L^T g.
+
+    Called with the forward's arguments. When the forward drew its noise (``rng=``), pass the
+    Generator restored to the state the forward started from (``Generator.state``) or the same int
+    seed: the noise is regenerated from the stream inside the backward pass (the generator advances
+    as in the forward); rng=None (fresh entropy) cannot be replayed and is a ValueError. ``out``
+    is ignored.
+
+    >>> import numpy as np, fastgauss
+    >>> g = fastgauss.mvn._vjp_mvn_sample(np.ones((5, 2)), np.zeros(2), np.eye(2), noise=np.ones((5, 2)))
+    >>> g["mean"], g["noise"][0]
+    (array([5., 5.]), array([1., 1.]))
+    """
+    if noise is None and rng is None:
+        raise ValueError(
+            "rng=None drew fresh OS entropy in the forward, so its noise cannot be regenerated; pass the "
+            "Generator restored to the forward's starting state (Generator.state) or the int seed it used"
+        )
+    call = _sample_call(mean, cov, scale_tril, size, rng, noise, None, backend, cotangent)
+    wanted = _wanted(wrt, ["mean", call.matrix_name] + (["noise"] if noise is not None else []))
+    cotangent = _cotangent(cotangent, call.shape, call.dtype, call.backend)
+    arguments = {"mean": (call.mean, _checks.shape_dtype(call.mean)[0]), call.matrix_name: (call.matrix, call.matrix_shape)}
+    if noise is not None:
+        arguments["noise"] = (call.noise, call.shape)
+    empty = _checks.size(call.shape) == 0
+    grads = _allocate_gradients(wanted, arguments, call.dtype, empty)
+    stream = None if noise is not None else call.generator.reserve(blocks_needed(_checks.size(call.shape), call.dtype))
+    if not empty:
+        status = implementation("mvn_sample_vjp", call.backend)(
+            cotangent, call.mean, call.cov, call.scale_tril, call.batch, call.noise, stream=stream, grad_mean=grads.get("mean"),
+            grad_cov=grads.get("cov"), grad_scale_tril=grads.get("scale_tril"), grad_noise=grads.get("noise"),
+        )
+        _raise_failures(status, {"cov": call.matrix_shape[:-2]})
+    return _wanted_only(grads)
+
+
+def _vjp_mvn_logpdf(cotangent, x, mean, cov=None, *, scale_tril=None, backend=None, wrt=None):
+    r"""Gradients of ``mvn_logpdf`` for the cotangent g (batch shape): with u = Sigma^-1 (x - mean),
+    x: -g u, mean: g u, cov: g (u u^T - Sigma^-1) / 2 (through Cholesky's reverse pass), scale_tril:
+    g (tril(u z^T) - diag(1 / L_ii)) with z = L^-1 (x - mean); each summed to its argument's shape.
+
+    >>> import numpy as np, fastgauss
+    >>> g = fastgauss.mvn._vjp_mvn_logpdf(1.0, np.ones(2), np.zeros(2), np.eye(2))
+    >>> g["x"], g["cov"]
+    (array([-1., -1.]), array([[0. , 0.5],
+           [0.5, 0. ]]))
+    """
+    call = _logpdf_call(x, mean, cov, scale_tril, backend, cotangent)
+    wanted = _wanted(wrt, ["x", "mean", call.matrix_name])
+    cotangent = _cotangent(cotangent, call.batch, call.dtype, call.backend)
+    arguments = {
+        "x": (call.x, _checks.shape_dtype(call.x)[0]), "mean": (call.mean, _checks.shape_dtype(call.mean)[0]),
+        call.matrix_name: (call.matrix, call.matrix_shape),
+    }
+    empty = _checks.size(call.batch) == 0
+    grads = _allocate_gradients(wanted, arguments, call.dtype, empty)
+    if not empty:
+        status = implementation("mvn_logpdf_vjp", call.backend)(
+            cotangent, call.x, call.mean, call.cov, call.scale_tril, call.batch, grad_x=grads["x"], grad_mean=grads["mean"],
+            grad_cov=grads.get("cov"), grad_scale_tril=grads.get("scale_tril"),
+        )
+        _raise_failures(status, {"cov": call.matrix_shape[:-2]})
+    return _wanted_only(grads)
+
+
+def _vjp_mvn_kl(cotangent, mean1, cov1, mean2, cov2, *, backend=None, wrt=None):
+    r"""Gradients of ``mvn_kl`` for the cotangent g (batch shape): with v = Sigma2^-1 (mean2 - mean1),
+    mean1: -g v, mean2: g v, cov1: g (Sigma2^-1 - Sigma1^-1) / 2,
+    cov2: g (Sigma2^-1 - Sigma2^-1 Sigma1 Sigma2^-1 - v v^T) / 2; each summed to its argument's shape.
+
+    >>> import numpy as np, fastgauss
+    >>> g = fastgauss.mvn._vjp_mvn_kl(1.0, np.zeros(2), np.eye(2), np.ones(2), 2 * np.eye(2))
+    >>> g["mean2"], g["cov1"][0]
+    (array([0.5, 0.5]), array([-0.25,  0.  ]))
+    """
+    call = _kl_call(mean1, cov1, mean2, cov2, backend, cotangent)
+    wanted = _wanted(wrt, ["mean1", "cov1", "mean2", "cov2"])
+    cotangent = _cotangent(cotangent, call.batch, call.dtype, call.backend)
+    arguments = {name: (getattr(call, name), _checks.shape_dtype(getattr(call, name))[0]) for name in ("mean1", "cov1", "mean2", "cov2")}
+    empty = _checks.size(call.batch) == 0
+    grads = _allocate_gradients(wanted, arguments, call.dtype, empty)
+    if not empty:
+        status = implementation("mvn_kl_vjp", call.backend)(
+            cotangent, call.mean1, call.cov1, call.mean2, call.cov2, call.batch,
+            grad_mean1=grads["mean1"], grad_cov1=grads["cov1"], grad_mean2=grads["mean2"], grad_cov2=grads["cov2"],
+        )
+        _raise_failures(status, call.matrix_batches)
+    return _wanted_only(grads)
+
+
+def _wanted(wrt, passed):
+    """The argument names to differentiate: every differentiable array argument passed, or those in ``wrt``."""
+    if wrt is None:
+        return list(passed)
+    names = [wrt] if isinstance(wrt, str) else list(wrt)
+    for name in names:
+        if name not in passed:
+            raise ValueError(f"wrt names {name!r}, which is not a differentiable array argument of this call; choose from {passed}")
+    return names
+
+
+def _cotangent(cotangent, shape, dtype, backend):
+    """The cotangent as the backends take it: the result's shape, in the result dtype (C order on the host)."""
+    on_device = backend == "cuda"
+    cotangent = _checks.data_array("cotangent", cotangent, on_device)
+    got_shape, got_dtype = _checks.shape_dtype(cotangent)
+    if tuple(got_shape) != tuple(shape):
+        raise ValueError(f"cotangent must have the result's shape {tuple(shape)}; got {tuple(got_shape)}")
+    _checks.result_dtype(cotangent=got_dtype)
+    if on_device:
+        if got_dtype != dtype:
+            raise TypeError(f"cotangent has dtype {got_dtype}; a CUDA cotangent must have the result dtype {dtype}")
+        return cotangent
+    return np.asarray(cotangent, dtype=dtype, order="C")
+
+
+def _allocate_gradients(wanted, arguments, dtype, zero):
+    """{name: gradient array (the argument's shape, ``dtype``, like the argument) or None when not wanted};
+    filled with zeros when ``zero`` (an empty result: nothing flows back)."""
+    grads = {}
+    for name, (array, shape) in arguments.items():
+        if name not in wanted:
+            grads[name] = None
+        elif zero:
+            host = np.zeros(shape, dtype)
+            grads[name] = _checks.from_host_like(array, host) if _checks.is_device_array(array) else host
+        else:
+            grads[name] = _checks.output(None, shape, dtype, like=array, inputs={})
+    return grads
+
+
+def _wanted_only(grads):
+    return {name: grad for name, grad in grads.items() if grad is not None}

@@ -123,3 +123,43 @@ def geometry(batch, *operand_batches):
     if not shape:
         shape, merged = [1], [[0] for _ in per_operand]
     return (np.array(shape, np.int64),) + tuple(np.array(m, np.int64) for m in merged)
+
+
+# --- gradients ---------------------------------------------------------------------------
+# A gradient of a broadcast argument sums, for each of its elements, the values of the
+# elements it was broadcast to. The kernels walk that preimage in a fixed order (the
+# ``preimage`` function of fastgauss._device.mvn), split into a number of segments that
+# depends on the shapes alone (so the sums are the same bits for any thread count), and the
+# segments' partial sums are added in segment order.
+
+SEGMENT = 4096  # preimage elements per segment at least (a segment is one work item)
+MAX_SEGMENTS = 64
+
+
+def broadcast_geometry(full, operand):
+    """How an operand (shape ``operand``) broadcasts to ``full``, for ``preimage``: (shape, kept,
+    elements, per_element). shape and kept are int64 arrays over full's axes (size-1 axes dropped,
+    neighbours with the same role merged, at least one axis); kept is 1 where the operand has the
+    axis, 0 where it is broadcast along it; elements = the operand's size, per_element = the size
+    of each element's preimage."""
+    padded = (1,) * (len(full) - len(operand)) + tuple(operand)
+    shape, kept = [], []
+    for n, m in zip(full, padded):
+        if n == 1:
+            continue
+        role = int(m == n)
+        if kept and kept[-1] == role:
+            shape[-1] *= n
+        else:
+            shape.append(n)
+            kept.append(role)
+    if not shape:
+        shape, kept = [1], [1]
+    elements = int(np.prod([n for n, k in zip(shape, kept) if k]))
+    per_element = int(np.prod([n for n, k in zip(shape, kept) if not k]))
+    return np.array(shape, np.int64), np.array(kept, np.int64), elements, per_element
+
+
+def segments(per_element):
+    """Segments an element's preimage of ``per_element`` values is summed in (a function of the shape)."""
+    return max(1, min(MAX_SEGMENTS, per_element // SEGMENT))

@@ -306,3 +306,348 @@ def mvn_kl(mean1, cov1, mean2, cov2, batch, out):
             shape, np.stack(strides), per_chunk(n), result, codes[0], codes[1],
         )
     return plan.record_fused(TARGET, factors, ["cov1", "cov2"], codes)
+
+
+# --- gradients ---------------------------------------------------------------------------
+# Backward kernels (formulas: fastgauss.reference.mvn). A covariance's gradient comes from its
+# factor's by Cholesky's reverse pass (_device.mvn.tril_vjp) in the pass that made the factor's
+# gradient when each covariance serves one output; otherwise the factor gradients are summed
+# over each matrix's preimage (``_plans.mvn.broadcast_geometry``) first, in segments whose
+# partials are added in order, then reversed once per matrix (``_tril_vjp_kernel``).
+# mvn_logpdf and mvn_kl take float64 inputs and write float64 gradients (one specialization
+# each, as their forward kernels); mvn_sample's reads the cotangent and noise in the result
+# dtype, the dtype its noise is regenerated in.
+
+from fastgauss._plans.mvn import broadcast_geometry, segments  # noqa: E402
+
+# Compiled without Numba-level inlining (LLVM still inlines what pays): the reverse passes are
+# long, and inlining them into the parallel kernels' IR multiplies the compile time.
+_g = _device.compile_for(numba.njit(error_model="numpy"), _mvn)
+_preimage = _g.preimage
+_clear_tril = _g.clear_tril
+_add_tril = _g.add_tril
+_outer_tril = _g.outer_tril
+_tril_t_apply = _g.tril_t_apply
+_logpdf_vjp = _g.logpdf_vjp
+_kl_vjp = _g.kl_vjp
+_factor_call = _g.factor
+_load_call = _g.load_tril
+_store_call = _g.store
+_store_matrix_grad = _g.store_matrix_grad
+_store_opposite = _g.store_opposite
+
+
+@numba.njit(**KERNEL)
+def _factor_or_load(mat, c, factor, upper, work, w, status):
+    """work[w] = the lower factor of mat[c]: factored (its code recorded in status[c]) or loaded.
+    Returns the code (> 0: not positive definite)."""
+    d = mat.shape[1]
+    if factor:
+        code = _factor_call(mat, c, upper, -1.0, work, w, d)
+        status[c] = code
+        return code
+    _load_call(mat, c, work, w, d)
+    return 0
+
+
+@numba.njit(parallel=True, **KERNEL)
+def _tril_vjp_kernel(mat, factor, upper, partials, per_chunk, out, status):
+    """out[c] = the covariance gradient of matrix c from its factor's gradient, the sum over p of the
+    lower triangles of partials[c, p] (of their transposes when ``upper``). mat holds the
+    covariances (factor: factored here, from the upper triangle when ``upper``) or the factors."""
+    count, parts, d = partials.shape[0], partials.shape[1], partials.shape[2]
+    for chunk in numba.prange((count + per_chunk - 1) // per_chunk):
+        work = np.empty((2, d, d))
+        start = chunk * per_chunk
+        for c in range(start, min(start + per_chunk, count)):
+            if _factor_or_load(mat, c, factor, upper, work, 0, status) > 0:
+                continue
+            _clear_tril(work, 1, d)
+            block = partials[c]
+            for p in range(parts):
+                _add_tril(work, 1, d, block, p, upper)
+            _store_matrix_grad(work, 0, work, 1, d, True, out, c)
+
+
+@numba.njit(parallel=True, **KERNEL)
+def _reduce_kernel(src, shape, kept, per_element, per_chunk, partials):
+    """partials[c, p, k] = the sum of src[n, k] over segment p of element c's preimage n."""
+    count, parts, width = partials.shape
+    items = count * parts
+    nd = shape.size
+    for chunk in numba.prange((items + per_chunk - 1) // per_chunk):
+        acc = np.empty(width)
+        for item in range(chunk * per_chunk, min((chunk + 1) * per_chunk, items)):
+            c = item // parts
+            p = item - c * parts
+            acc[:] = 0.0
+            for j in range(p * per_element // parts, (p + 1) * per_element // parts):
+                n = _preimage(c, j, shape, kept, nd)
+                for k in range(width):
+                    acc[k] += np.float64(src[n, k])
+            for k in range(width):
+                partials[c, p, k] = acc[k]
+
+
+@numba.njit(parallel=True, **KERNEL)
+def _sample_vjp_kernel(
+    cot, mat, factor, noise, generate, state, shape, kept, per_element, parts, per_chunk, want_matrix, want_noise, grad_noise, partials, out, status
+):
+    """Item (c, p): matrix c's factor, and over segment p of its preimage (vectors n):
+    G = sum tril(g_n eps_n^T) and grad_noise_n = L^T g_n. With one segment, out[c] = the matrix
+    gradient (factor: covariance, reversed; else the factor's); else partials[c, p] = G."""
+    count, d = mat.shape[0], mat.shape[1]
+    items = count * parts
+    nd = shape.size
+    for chunk in numba.prange((items + per_chunk - 1) // per_chunk):
+        work = np.empty((2, d, d))
+        eps = np.empty(d + 4, cot.dtype)
+        for item in range(chunk * per_chunk, min((chunk + 1) * per_chunk, items)):
+            c = item // parts
+            p = item - c * parts
+            if _factor_or_load(mat, c, factor, False, work, 0, status) > 0:
+                continue
+            _clear_tril(work, 1, d)
+            for j in range(p * per_element // parts, (p + 1) * per_element // parts):
+                n = _preimage(c, j, shape, kept, nd)
+                if want_noise:
+                    _tril_t_apply(work, 0, d, cot, n * d, grad_noise, n * d)
+                if want_matrix:
+                    if generate:  # the blocks holding elements n d .. n d + d - 1, from a multiple of 4
+                        first = n * d
+                        aligned = first - first % 4
+                        normal_part(eps[: first + d - aligned], aligned, state)
+                        _outer_tril(work, 1, d, cot, first, eps, first - aligned)
+                    else:
+                        _outer_tril(work, 1, d, cot, n * d, noise, n * d)
+            if not want_matrix:
+                continue
+            if parts == 1:
+                _store_matrix_grad(work, 0, work, 1, d, factor, out, c)
+            else:
+                _store_call(work, 1, d, False, partials[c], p)
+
+
+@numba.njit(parallel=True, **KERNEL)
+def _logpdf_vjp_kernel(cot, x, mean, mat, factor, shape, strides, per_chunk, want, grad_x, grad_mean, finish, covariance, grad_mat, status):
+    """Per point b: grad_x[b] = -g u, grad_mean[b] = g u and grad_mat[b] = the factor's gradient G
+    (``finish``: reversed into the covariance's when ``covariance``, symmetric; else G, lower).
+    strides: (3, nd) of x, mean, mat; want: (x, mean, matrix)."""
+    d = x.shape[1]
+    n = cot.size
+    nd = shape.size
+    for chunk in numba.prange((n + per_chunk - 1) // per_chunk):
+        work = np.empty((2, d, d))
+        z = np.empty((1, d))
+        start = chunk * per_chunk
+        for b in range(start, min(start + per_chunk, n)):
+            xi = _operand_index(b, shape, strides[0], nd)
+            m = _operand_index(b, shape, strides[1], nd)
+            if _factor_or_load(mat, _operand_index(b, shape, strides[2], nd), factor, False, work, 0, status) > 0:
+                continue
+            _logpdf_vjp(work, 0, d, x, xi, mean, m, cot[b], z, 0, work, 1)
+            _store_opposite(z, 0, d, want[0], grad_x, want[1], grad_mean, b)
+            if want[2]:
+                _store_matrix_grad(work, 0, work, 1, d, finish and covariance, grad_mat, b)
+
+
+@numba.njit(parallel=True, **KERNEL)
+def _kl_vjp_kernel(cot, mean1, mat1, factor1, mean2, mat2, factor2, shape, strides, per_chunk, want, finish, grads_v1, grads_v2, grad_m1, grad_m2, status1, status2):
+    """Per pair b: grad_v1[b] = -g v, grad_v2[b] = g v (the means') and grad_m1[b], grad_m2[b] the
+    factors' gradients (``finish``: (1, 2) flags, reversed into the covariances', symmetric).
+    strides: (4, nd) of mean1, mat1, mean2, mat2; want: (mean1, cov1, mean2, cov2)."""
+    d = mean1.shape[1]
+    n = cot.size
+    nd = shape.size
+    for chunk in numba.prange((n + per_chunk - 1) // per_chunk):
+        work1 = np.empty((1, d, d))
+        work2 = np.empty((1, d, d))
+        work = np.empty((3, d, d))  # M, then L1's gradient, L2's gradient
+        w = np.empty((1, d))
+        start = chunk * per_chunk
+        for b in range(start, min(start + per_chunk, n)):
+            m1 = _operand_index(b, shape, strides[0], nd)
+            m2 = _operand_index(b, shape, strides[2], nd)
+            if _factor_or_load(mat1, _operand_index(b, shape, strides[1], nd), factor1, False, work1, 0, status1) > 0:
+                continue
+            if _factor_or_load(mat2, _operand_index(b, shape, strides[3], nd), factor2, False, work2, 0, status2) > 0:
+                continue
+            _kl_vjp(work1, 0, work2, 0, d, mean1, m1, mean2, m2, cot[b], work, 0, work, 1, w, 0, work, 2)
+            _store_opposite(w, 0, d, want[0], grads_v1, want[2], grads_v2, b)
+            if want[1]:
+                _store_matrix_grad(work1, 0, work, 1, d, finish[0], grad_m1, b)
+            if want[3]:
+                _store_matrix_grad(work2, 0, work, 2, d, finish[1], grad_m2, b)
+
+
+def _reduce(src, full, operand):
+    """Partial sums (elements, segments, width) of src (prod(full), width) over each element's
+    preimage, for an operand of batch shape ``operand`` broadcast to ``full``."""
+    shape, kept, count, per_element = broadcast_geometry(full, operand)
+    partials = np.empty((count, segments(per_element), src.shape[1]))
+    launch(_reduce_kernel, src, shape, kept, per_element, per_chunk(count * partials.shape[1]), partials)
+    return partials
+
+
+def _float64_view(grad, count, tail):
+    """A float64 (count,) + tail array of the gradient ``grad`` (a view when it can be one)."""
+    if grad is None:
+        return np.empty((0,) + tail)
+    if grad.dtype == np.float64 and grad.flags.c_contiguous and grad.size == count * int(np.prod(tail)):
+        return grad.reshape((count,) + tail)
+    return np.empty((count,) + tail)
+
+
+def _per_point(grad, same, count, tail):
+    """Where a kernel writes an argument's gradient per point: the gradient itself (a float64 view
+    where it can be one) when the argument is not broadcast, else a float64 scratch to reduce;
+    an empty array when the gradient is not wanted."""
+    if grad is None:
+        return np.empty((0,) + tail)
+    return _float64_view(grad, count, tail) if same else np.empty((count,) + tail)
+
+
+def _finish_vectors(grad, per_point, batch, operand):
+    """grad = per_point (batch size, d) summed to the operand's shape (a copy unless already there)."""
+    if grad is None:
+        return
+    if int(np.prod(operand)) != per_point.shape[0]:
+        per_point = _reduce(per_point, batch, operand).sum(axis=1)
+    if not np.may_share_memory(per_point, grad):
+        grad[...] = per_point.reshape(grad.shape)
+
+
+def _finish_matrices(grad, per_point, batch, operand, covariance, mat):
+    """grad = the matrix gradient from per_point: final (per-point operand) or factor gradients
+    to sum over each matrix's preimage, then reverse through Cholesky (``covariance``, factors mat)."""
+    if grad is None:
+        return
+    d = per_point.shape[-1]
+    if int(np.prod(operand)) != per_point.shape[0]:
+        partials = _reduce(per_point.reshape(per_point.shape[0], d * d), batch, operand)
+        count, parts = partials.shape[:2]
+        if covariance:
+            per_point = _float64_view(grad, count, (d, d))
+            launch(_tril_vjp_kernel, mat, False, False, partials.reshape(count, parts, d, d), per_chunk(count), per_point, np.empty(0, np.int32))
+        else:
+            per_point = partials.sum(axis=1)
+    if not np.may_share_memory(per_point, grad):
+        grad[...] = per_point.reshape(grad.shape)
+
+
+def cholesky_vjp(cotangent, a, upper, grad_a):
+    d = a.shape[-1]
+    count = grad_a.size // (d * d) if d else 0
+    if count == 0:
+        return {"a": NO_FAILURE}
+    target = _float64_view(grad_a, count, (d, d))
+    g = _matrices(cotangent, np.float64).reshape(count, 1, d, d)
+    status = np.zeros(count, np.int32)
+    launch(_tril_vjp_kernel, _matrices(a, np.float64), True, bool(upper), g, per_chunk(count), target, status)
+    summary = summarize(status)
+    if summary.failed < 0 and not np.may_share_memory(target, grad_a):
+        grad_a[...] = target.reshape(grad_a.shape)
+    return {"a": summary}
+
+
+def mvn_sample_vjp(cotangent, mean, cov, scale_tril, batch, noise, *, stream, grad_mean, grad_cov, grad_scale_tril, grad_noise):
+    dtype = cotangent.dtype
+    d = cotangent.shape[-1]
+    full = cotangent.shape[:-1]
+    vectors = int(np.prod(full))
+    matrix = cov if cov is not None else scale_tril
+    grad_matrix = grad_cov if cov is not None else grad_scale_tril
+    cot = np.ascontiguousarray(cotangent.reshape(-1))
+    status = {}
+    if grad_matrix is not None or grad_noise is not None:
+        shape, kept, count, per_element = broadcast_geometry(full, matrix.shape[:-2])
+        parts = segments(per_element)
+        generate = noise is None
+        noise_flat = np.empty(0, dtype) if generate else np.ascontiguousarray(noise.reshape(-1), dtype=dtype)
+        state = words(*stream) if generate else words(0, 0)
+        noise_target = grad_noise.reshape(-1) if grad_noise is not None else np.empty(0, dtype)
+        direct = parts == 1
+        out = _matrices(grad_matrix, dtype) if grad_matrix is not None and direct else np.empty((0, d, d), dtype)
+        partials = np.empty((count, parts, d, d) if grad_matrix is not None and not direct else (0, 1, d, d))
+        codes = np.zeros(count, np.int32)
+        mat = _matrices(matrix, np.float64)
+        launch(
+            _sample_vjp_kernel, cot, mat, cov is not None, noise_flat, generate, state, shape, kept, per_element, parts,
+            per_chunk(count * parts), grad_matrix is not None, grad_noise is not None, noise_target, partials, out, codes,
+        )
+        if cov is not None:
+            status["cov"] = summarize(codes)
+            if status["cov"].failed >= 0:
+                return status
+        if grad_matrix is not None and not direct:
+            if cov is not None:
+                target = _float64_view(grad_cov, count, (d, d))
+                launch(_tril_vjp_kernel, mat, True, False, partials, per_chunk(count), target, codes)
+            else:
+                target = partials.sum(axis=1)
+            if not np.may_share_memory(target, grad_matrix):
+                grad_matrix[...] = target.reshape(grad_matrix.shape)
+        elif grad_matrix is not None and not np.may_share_memory(out, grad_matrix):
+            grad_matrix[...] = out.reshape(grad_matrix.shape)
+    if grad_mean is not None:
+        if int(np.prod(mean.shape[:-1])) == vectors:
+            grad_mean[...] = cotangent.reshape(grad_mean.shape)
+        else:
+            grad_mean[...] = _reduce(cot.reshape(vectors, d), full, mean.shape[:-1]).sum(axis=1).reshape(grad_mean.shape)
+    return status
+
+
+def mvn_logpdf_vjp(cotangent, x, mean, cov, scale_tril, batch, *, grad_x, grad_mean, grad_cov, grad_scale_tril):
+    matrix = cov if cov is not None else scale_tril
+    grad_matrix = grad_cov if cov is not None else grad_scale_tril
+    n = cotangent.size
+    d = x.shape[-1]
+    factors = plan.factor_first(TARGET, [("cov", _matrices(matrix, np.float64), cov is not None)], n)
+    if factors.done:
+        return factors.status
+    (mat,), (fused,) = factors.mats, factors.fused
+    shape, *strides = geometry(batch, x.shape[:-1], mean.shape[:-1], matrix.shape[:-2])
+    identity = [int(np.prod(a)) == n for a in (x.shape[:-1], mean.shape[:-1], matrix.shape[:-2])]
+    gx, gm, gmat = (_per_point(g, same, n, tail) for g, same, tail in zip((grad_x, grad_mean, grad_matrix), identity, ((d,), (d,), (d, d))))
+    codes = np.zeros(mat.shape[0] if fused else 0, np.int32)
+    want = (grad_x is not None, grad_mean is not None, grad_matrix is not None)
+    launch(
+        _logpdf_vjp_kernel, np.ascontiguousarray(cotangent.reshape(-1), dtype=np.float64), _vectors(x, np.float64),
+        _vectors(mean, np.float64), mat, fused, shape, np.stack(strides), per_chunk(n), want, gx, gm, identity[2],
+        cov is not None, gmat, codes,
+    )
+    status = plan.record_fused(TARGET, factors, ["cov"], [codes])
+    if plan.any_failed(status):
+        return status
+    _finish_vectors(grad_x, gx, batch, x.shape[:-1])
+    _finish_vectors(grad_mean, gm, batch, mean.shape[:-1])
+    _finish_matrices(grad_matrix, gmat, batch, matrix.shape[:-2], cov is not None, mat)
+    return status
+
+
+def mvn_kl_vjp(cotangent, mean1, cov1, mean2, cov2, batch, *, grad_mean1, grad_cov1, grad_mean2, grad_cov2):
+    n = cotangent.size
+    d = mean1.shape[-1]
+    factors = plan.factor_first(TARGET, [("cov1", _matrices(cov1, np.float64), True), ("cov2", _matrices(cov2, np.float64), True)], n)
+    if factors.done:
+        return factors.status
+    mats, fused = factors.mats, factors.fused
+    batches = (mean1.shape[:-1], cov1.shape[:-2], mean2.shape[:-1], cov2.shape[:-2])
+    shape, *strides = geometry(batch, *batches)
+    grads = (grad_mean1, grad_cov1, grad_mean2, grad_cov2)
+    identity = [int(np.prod(a)) == n for a in batches]
+    targets = [_per_point(g, same, n, tail) for g, same, tail in zip(grads, identity, ((d,), (d, d), (d,), (d, d)))]
+    codes = [np.zeros(mat.shape[0] if fuse else 0, np.int32) for mat, fuse in zip(mats, fused)]
+    launch(
+        _kl_vjp_kernel, np.ascontiguousarray(cotangent.reshape(-1), dtype=np.float64), _vectors(mean1, np.float64), mats[0], fused[0],
+        _vectors(mean2, np.float64), mats[1], fused[1], shape, np.stack(strides), per_chunk(n), tuple(g is not None for g in grads),
+        (identity[1], identity[3]), targets[0], targets[2], targets[1], targets[3], codes[0], codes[1],
+    )
+    status = plan.record_fused(TARGET, factors, ["cov1", "cov2"], codes)
+    if plan.any_failed(status):
+        return status
+    _finish_vectors(grad_mean1, targets[0], batch, batches[0])
+    _finish_vectors(grad_mean2, targets[2], batch, batches[2])
+    _finish_matrices(grad_cov1, targets[1], batch, batches[1], True, mats[0])
+    _finish_matrices(grad_cov2, targets[3], batch, batches[3], True, mats[1])
+    return status

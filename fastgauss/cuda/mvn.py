@@ -360,3 +360,373 @@ def mvn_kl(mean1, cov1, mean2, cov2, batch, out):
         _kl_local, n, mean1_2d, mats[0], fused[0], mean2_2d, mats[1], fused[1], shape_array, strides, dims(d), out_flat, codes[0], codes[1]
     )
     return plan.record_fused(TARGET, factors, ["cov1", "cov2"], codes)
+
+
+# --- gradients ---------------------------------------------------------------------------
+# Backward kernels (formulas: fastgauss.reference.mvn), one thread per work item, the same
+# scalar code as the CPU (fastgauss._device.mvn). Each op has one item function and two thin
+# kernels around it: ``_local`` with the work matrices in per-thread local arrays (d up to
+# MAX_LOCAL_D), ``_global`` with them in a float64 scratch in global memory, one slice per item
+# (any d; correct, not tuned). A covariance's gradient is reversed through Cholesky in the pass
+# that made its factor's gradient when each covariance serves one output; otherwise the factor
+# gradients are summed over each matrix's preimage (``_plans.mvn.broadcast_geometry``) first, in
+# segments whose partials are added in segment order (fastgauss.cuda.kl's ``_combine``), then
+# reversed once per matrix (``_matrix_grad``).
+
+from fastgauss._plans.mvn import broadcast_geometry, segments  # noqa: E402
+from fastgauss.cuda.kl import _combine  # noqa: E402
+
+_load_tril = _d.load_tril
+_preimage = _d.preimage
+_clear_tril = _d.clear_tril
+_add_tril = _d.add_tril
+_outer_tril = _d.outer_tril
+_tril_t_apply = _d.tril_t_apply
+_logpdf_vjp = _d.logpdf_vjp
+_kl_vjp = _d.kl_vjp
+_store_matrix_grad = _d.store_matrix_grad
+_store_opposite = _d.store_opposite
+
+
+@cuda.jit(device=True)
+def _lower(mat, c, factor, upper, W, w, d, status):
+    """W[w] = the lower factor of mat[c]: factored (its status recorded) or loaded. False on failure."""
+    if factor:
+        code = _factor(mat, c, upper, -1.0, W, w, d)
+        status[c] = code
+        return code <= 0
+    _load_tril(mat, c, W, w, d)
+    return True
+
+
+@cuda.jit(device=True)
+def _matrix_grad_item(c, mat, factor, upper, reverse, partials, out, status, W, w):
+    """out[c] from the sum over p of partials[c, p] (lower triangles; transposed when upper): reversed
+    through Cholesky into the symmetric covariance gradient (reverse), else stored as a lower triangle."""
+    parts, d = partials.shape[1], partials.shape[2]
+    if reverse and not _lower(mat, c, factor, upper, W, w, d, status):
+        return
+    _clear_tril(W, w + 1, d)
+    for p in range(parts):
+        _add_tril(W, w + 1, d, partials[c], p, upper)
+    _store_matrix_grad(W, w, W, w + 1, d, reverse, out, c)
+
+
+@cuda.jit(cache=True)
+def _matrix_grad_local(mat, factor, upper, reverse, partials, out, status):
+    W = cuda.local.array((2, MAX_LOCAL_D, MAX_LOCAL_D), np.float64)
+    for c in range(cuda.grid(1), partials.shape[0], cuda.gridsize(1)):
+        _matrix_grad_item(c, mat, factor, upper, reverse, partials, out, status, W, 0)
+
+
+@cuda.jit(cache=True)
+def _matrix_grad_global(mat, factor, upper, reverse, partials, out, status, work):
+    for c in range(cuda.grid(1), partials.shape[0], cuda.gridsize(1)):
+        _matrix_grad_item(c, mat, factor, upper, reverse, partials, out, status, work, 2 * c)
+
+
+@cuda.jit(cache=True)
+def _reduce_partials(src, shape, kept, per_element, parts, partials):
+    """partials[c * width + k, p] = the sum of src[n, k] over segment p of element c's preimage n."""
+    width = src.shape[1]
+    nd = shape.size
+    for item in range(cuda.grid(1), partials.shape[0] * parts, cuda.gridsize(1)):
+        row = item // parts
+        p = item - row * parts
+        c = row // width
+        k = row - c * width
+        acc = 0.0
+        for j in range(p * per_element // parts, (p + 1) * per_element // parts):
+            acc += np.float64(src[_preimage(c, j, shape, kept, nd), k])
+        partials[row, p] = acc
+
+
+@cuda.jit(device=True)
+def _sample_item(
+    item, cot, mat, factor, noise, generate, per_block, k0, k1, o0, o1, o2, o3, shape, kept, per_element, parts,
+    want_matrix, want_noise, grad_noise, partials, out, status, W, w, eps
+):
+    """Item (c, p): matrix c's factor and, over segment p of its preimage (vectors n), G = sum
+    tril(g_n eps_n^T) and grad_noise_n = L^T g_n. One segment: out[c] = the matrix gradient
+    (factor: reversed, symmetric; else G); else partials[c * parts + p] = G."""
+    d = mat.shape[1]
+    c = item // parts
+    p = item - c * parts
+    if not _lower(mat, c, factor, False, W, w, d, status):
+        return
+    _clear_tril(W, w + 1, d)
+    for j in range(p * per_element // parts, (p + 1) * per_element // parts):
+        n = _preimage(c, j, shape, kept, shape.size)
+        if want_noise:
+            _tril_t_apply(W, w, d, cot, n * d, grad_noise, n * d)
+        if want_matrix:
+            if generate:
+                _vector_normals(eps, d, n * d, per_block, k0, k1, o0, o1, o2, o3)
+                _outer_tril(W, w + 1, d, cot, n * d, eps, 0)
+            else:
+                _outer_tril(W, w + 1, d, cot, n * d, noise, n * d)
+    if not want_matrix:
+        return
+    if parts > 1:
+        _store(W, w + 1, d, False, partials, item)
+    else:
+        _store_matrix_grad(W, w, W, w + 1, d, factor, out, c)
+
+
+@cuda.jit(cache=True)
+def _sample_vjp_local(
+    cot, mat, factor, noise, generate, per_block, k0, k1, o0, o1, o2, o3, shape, kept, per_element, parts,
+    want_matrix, want_noise, grad_noise, partials, out, status
+):
+    W = cuda.local.array((2, MAX_LOCAL_D, MAX_LOCAL_D), np.float64)
+    eps = cuda.local.array(MAX_LOCAL_D, np.float64)
+    for item in range(cuda.grid(1), mat.shape[0] * parts, cuda.gridsize(1)):
+        _sample_item(
+            item, cot, mat, factor, noise, generate, per_block, k0, k1, o0, o1, o2, o3, shape, kept, per_element, parts,
+            want_matrix, want_noise, grad_noise, partials, out, status, W, 0, eps,
+        )
+
+
+@cuda.jit(cache=True)
+def _sample_vjp_global(
+    cot, mat, factor, noise, generate, per_block, k0, k1, o0, o1, o2, o3, shape, kept, per_element, parts,
+    want_matrix, want_noise, grad_noise, partials, out, status, work, eps
+):
+    for item in range(cuda.grid(1), mat.shape[0] * parts, cuda.gridsize(1)):
+        _sample_item(
+            item, cot, mat, factor, noise, generate, per_block, k0, k1, o0, o1, o2, o3, shape, kept, per_element, parts,
+            want_matrix, want_noise, grad_noise, partials, out, status, work, 2 * item, eps[item],
+        )
+
+
+@cuda.jit(device=True)
+def _logpdf_item(b, cot, x, mean, mat, factor, shape, strides, want, grad_x, grad_mean, finish, covariance, grad_mat, status, W, w, z, zl):
+    """Point b: grad_x[b] = -g u, grad_mean[b] = g u, grad_mat[b] = the factor's gradient
+    (finish: reversed into the covariance's when covariance). want: (x, mean, matrix)."""
+    d = x.shape[1]
+    nd = shape.size
+    xi = _operand_index(b, shape, strides[0], nd)
+    m = _operand_index(b, shape, strides[1], nd)
+    if not _lower(mat, _operand_index(b, shape, strides[2], nd), factor, False, W, w, d, status):
+        return
+    _logpdf_vjp(W, w, d, x, xi, mean, m, np.float64(cot[b]), z, zl, W, w + 1)
+    _store_opposite(z, zl, d, want[0], grad_x, want[1], grad_mean, b)
+    if want[2]:
+        _store_matrix_grad(W, w, W, w + 1, d, finish and covariance, grad_mat, b)
+
+
+@cuda.jit(cache=True)
+def _logpdf_vjp_local(cot, x, mean, mat, factor, shape, strides, want, grad_x, grad_mean, finish, covariance, grad_mat, status):
+    W = cuda.local.array((2, MAX_LOCAL_D, MAX_LOCAL_D), np.float64)
+    z = cuda.local.array((1, MAX_LOCAL_D), np.float64)
+    for b in range(cuda.grid(1), cot.size, cuda.gridsize(1)):
+        _logpdf_item(b, cot, x, mean, mat, factor, shape, strides, want, grad_x, grad_mean, finish, covariance, grad_mat, status, W, 0, z, 0)
+
+
+@cuda.jit(cache=True)
+def _logpdf_vjp_global(cot, x, mean, mat, factor, shape, strides, want, grad_x, grad_mean, finish, covariance, grad_mat, status, work, z):
+    for b in range(cuda.grid(1), cot.size, cuda.gridsize(1)):
+        _logpdf_item(b, cot, x, mean, mat, factor, shape, strides, want, grad_x, grad_mean, finish, covariance, grad_mat, status, work, 2 * b, z, b)
+
+
+@cuda.jit(device=True)
+def _kl_item(b, cot, mean1, mat1, factor1, mean2, mat2, factor2, shape, strides, want, finish, grad_v1, grad_v2, grad_m1, grad_m2, status1, status2, W, w, v, vl):
+    """Pair b; W[w .. w + 4] hold L1, L2, M, L1's gradient, L2's gradient. want: (mean1, cov1, mean2, cov2)."""
+    d = mean1.shape[1]
+    nd = shape.size
+    m1 = _operand_index(b, shape, strides[0], nd)
+    m2 = _operand_index(b, shape, strides[2], nd)
+    if not _lower(mat1, _operand_index(b, shape, strides[1], nd), factor1, False, W, w, d, status1):
+        return
+    if not _lower(mat2, _operand_index(b, shape, strides[3], nd), factor2, False, W, w + 1, d, status2):
+        return
+    _kl_vjp(W, w, W, w + 1, d, mean1, m1, mean2, m2, np.float64(cot[b]), W, w + 2, W, w + 3, v, vl, W, w + 4)
+    _store_opposite(v, vl, d, want[0], grad_v1, want[2], grad_v2, b)
+    if want[1]:
+        _store_matrix_grad(W, w, W, w + 3, d, finish[0], grad_m1, b)
+    if want[3]:
+        _store_matrix_grad(W, w + 1, W, w + 4, d, finish[1], grad_m2, b)
+
+
+@cuda.jit(cache=True)
+def _kl_vjp_local(cot, mean1, mat1, factor1, mean2, mat2, factor2, shape, strides, want, finish, grad_v1, grad_v2, grad_m1, grad_m2, status1, status2):
+    W = cuda.local.array((5, MAX_LOCAL_D, MAX_LOCAL_D), np.float64)
+    v = cuda.local.array((1, MAX_LOCAL_D), np.float64)
+    for b in range(cuda.grid(1), cot.size, cuda.gridsize(1)):
+        _kl_item(b, cot, mean1, mat1, factor1, mean2, mat2, factor2, shape, strides, want, finish, grad_v1, grad_v2, grad_m1, grad_m2, status1, status2, W, 0, v, 0)
+
+
+@cuda.jit(cache=True)
+def _kl_vjp_global(cot, mean1, mat1, factor1, mean2, mat2, factor2, shape, strides, want, finish, grad_v1, grad_v2, grad_m1, grad_m2, status1, status2, work, v):
+    for b in range(cuda.grid(1), cot.size, cuda.gridsize(1)):
+        _kl_item(b, cot, mean1, mat1, factor1, mean2, mat2, factor2, shape, strides, want, finish, grad_v1, grad_v2, grad_m1, grad_m2, status1, status2, work, 5 * b, v, b)
+
+
+def _unused(tail, dtype=np.float64):
+    """A placeholder for an output a kernel does not write (a gradient that is not wanted)."""
+    return cuda.device_array((1,) + tuple(tail), dtype)
+
+
+def _reduce(src, full, operand, out):
+    """out (flat: elements * width) = src (prod(full), width) summed over each operand element's preimage."""
+    shape, kept, count, per_element = broadcast_geometry(full, operand)
+    parts = segments(per_element)
+    width = src.shape[1]
+    partials = cuda.device_array((count * width, parts), np.float64)
+    _launch(_reduce_partials, count * width * parts, src, cuda.to_device(shape), cuda.to_device(kept), per_element, parts, partials)
+    _launch(_combine, count * width, partials, 1, False, out)
+
+
+def _matrix_grad(mat, factor, upper, reverse, partials, out, status):
+    count, d = partials.shape[0], partials.shape[2]
+    if d <= MAX_LOCAL_D:
+        _launch(_matrix_grad_local, count, mat, factor, upper, reverse, partials, out, status)
+    else:
+        _launch(_matrix_grad_global, count, mat, factor, upper, reverse, partials, out, status, cuda.device_array((2 * count, d, d), np.float64))
+
+
+def _per_point(name, grad, same, count, tail):
+    """Where a kernel writes an argument's gradient per point: the gradient itself when the argument is
+    not broadcast, else a float64 scratch to reduce; a placeholder when it is not wanted."""
+    if grad is None:
+        return _unused(tail)
+    return _view(name, grad, (count,) + tail) if same else cuda.device_array((count,) + tail, np.float64)
+
+
+def _finish(name, grad, per_point, batch, operand, covariance=False, mat=None):
+    """A broadcast argument's gradient from the per-point values: summed over each element's preimage
+    (matrices: factor gradients, then reversed through Cholesky when ``covariance``)."""
+    count = int(np.prod(operand))
+    if grad is None or count == per_point.shape[0]:
+        return
+    width = int(np.prod(per_point.shape[1:]))
+    if per_point.ndim == 2:
+        _reduce(per_point, batch, operand, _view(name, grad, (count * width,)))
+        return
+    d = per_point.shape[2]
+    reduced = cuda.device_array(count * width, np.float64)
+    _reduce(per_point.reshape(per_point.shape[0], width), batch, operand, reduced)
+    _matrix_grad(mat, False, False, covariance, reduced.reshape(count, 1, d, d), _matrices(name, grad), _unused((), np.int32))
+
+
+def cholesky_vjp(cotangent, a, upper, grad_a):
+    mats = _matrices("a", a)
+    count, d = mats.shape[0], mats.shape[2]
+    status = cuda.device_array(count, np.int32)
+    _matrix_grad(mats, True, upper, True, _matrices("cotangent", cotangent).reshape(count, 1, d, d), _matrices("grad_a", grad_a), status)
+    return {"a": _summary(status)}
+
+
+def mvn_sample_vjp(cotangent, mean, cov, scale_tril, batch, noise, *, stream, grad_mean, grad_cov, grad_scale_tril, grad_noise):
+    shape, dtype = shape_dtype(cotangent)
+    d = shape[-1]
+    full = tuple(shape[:-1])
+    vectors = int(np.prod(full))
+    matrix_name = "cov" if cov is not None else "scale_tril"
+    matrix = cov if cov is not None else scale_tril
+    grad_matrix = grad_cov if cov is not None else grad_scale_tril
+    cot = _view("cotangent", cotangent, (vectors * d,))
+    status = {}
+    if grad_matrix is not None or grad_noise is not None:
+        geometry_shape, kept, count, per_element = broadcast_geometry(full, shape_dtype(matrix)[0][:-2])
+        parts = segments(per_element)
+        items = count * parts
+        generate = noise is None
+        direct = parts == 1
+        want_matrix = grad_matrix is not None
+        mat = _matrices(matrix_name, matrix)
+        codes = cuda.device_array(count, np.int32)
+        partials = cuda.device_array((items, d, d), np.float64) if want_matrix and not direct else _unused((d, d))
+        args = (
+            cot, mat, cov is not None, _unused((), dtype) if generate else _view("noise", noise, (vectors * d,)), generate,
+            values_per_block(dtype), *words(*(stream if generate else (0, 0))), cuda.to_device(geometry_shape), cuda.to_device(kept),
+            per_element, parts, want_matrix, grad_noise is not None,
+            _view("grad_noise", grad_noise, (vectors * d,)) if grad_noise is not None else _unused((), dtype), partials,
+            _matrices(matrix_name, grad_matrix) if want_matrix and direct else _unused((d, d), dtype), codes,
+        )
+        if d <= MAX_LOCAL_D:
+            _launch(_sample_vjp_local, items, *args)
+        else:
+            _launch(_sample_vjp_global, items, *args, cuda.device_array((2 * items, d, d), np.float64), cuda.device_array((items, d), np.float64))
+        if cov is not None:
+            status["cov"] = _summary(codes)
+            if status["cov"].failed >= 0:
+                return status
+        if want_matrix and not direct:
+            _matrix_grad(mat, cov is not None, False, cov is not None, partials.reshape(count, parts, d, d), _matrices(matrix_name, grad_matrix), codes)
+    if grad_mean is not None:
+        mean_batch = shape_dtype(mean)[0][:-1]
+        if int(np.prod(mean_batch)) == vectors:
+            _view("grad_mean", grad_mean, (vectors * d,)).copy_to_device(cot)
+        else:
+            _reduce(cot.reshape(vectors, d), full, mean_batch, _view("grad_mean", grad_mean, (int(np.prod(mean_batch)) * d,)))
+    return status
+
+
+def mvn_logpdf_vjp(cotangent, x, mean, cov, scale_tril, batch, *, grad_x, grad_mean, grad_cov, grad_scale_tril):
+    n = int(np.prod(shape_dtype(cotangent)[0]))
+    matrix_name = "cov" if cov is not None else "scale_tril"
+    matrix = cov if cov is not None else scale_tril
+    grad_matrix = grad_cov if cov is not None else grad_scale_tril
+    factors = plan.factor_first(TARGET, [("cov", _matrices(matrix_name, matrix), cov is not None)], n)
+    if factors.done:
+        return factors.status
+    (mat,), (fused,) = factors.mats, factors.fused
+    d = mat.shape[2]
+    batches = (shape_dtype(x)[0][:-1], shape_dtype(mean)[0][:-1], shape_dtype(matrix)[0][:-2])
+    geometry_host = geometry(batch, *batches)
+    identity = [int(np.prod(a)) == n for a in batches]
+    gx, gm, gmat = (
+        _per_point(name, g, same, n, tail)
+        for name, g, same, tail in zip(("grad_x", "grad_mean", matrix_name), (grad_x, grad_mean, grad_matrix), identity, ((d,), (d,), (d, d)))
+    )
+    codes = cuda.device_array(mat.shape[0] if fused else 1, np.int32)
+    args = (
+        _view("cotangent", cotangent, (n,)), _vectors("x", x), _vectors("mean", mean), mat, fused, cuda.to_device(geometry_host[0]),
+        cuda.to_device(np.stack(geometry_host[1:])), (grad_x is not None, grad_mean is not None, grad_matrix is not None),
+        gx, gm, identity[2], cov is not None, gmat, codes,
+    )
+    if d <= MAX_LOCAL_D:
+        _launch(_logpdf_vjp_local, n, *args)
+    else:
+        _launch(_logpdf_vjp_global, n, *args, cuda.device_array((2 * n, d, d), np.float64), cuda.device_array((n, d), np.float64))
+    status = plan.record_fused(TARGET, factors, ["cov"], [codes])
+    if plan.any_failed(status):
+        return status
+    _finish("grad_x", grad_x, gx, batch, batches[0])
+    _finish("grad_mean", grad_mean, gm, batch, batches[1])
+    _finish(matrix_name, grad_matrix, gmat, batch, batches[2], cov is not None, mat)
+    return status
+
+
+def mvn_kl_vjp(cotangent, mean1, cov1, mean2, cov2, batch, *, grad_mean1, grad_cov1, grad_mean2, grad_cov2):
+    n = int(np.prod(shape_dtype(cotangent)[0]))
+    factors = plan.factor_first(TARGET, [("cov1", _matrices("cov1", cov1), True), ("cov2", _matrices("cov2", cov2), True)], n)
+    if factors.done:
+        return factors.status
+    mats, fused = factors.mats, factors.fused
+    d = mats[0].shape[2]
+    names = ("mean1", "cov1", "mean2", "cov2")
+    batches = tuple(shape_dtype(a)[0][:k] for a, k in ((mean1, -1), (cov1, -2), (mean2, -1), (cov2, -2)))
+    geometry_host = geometry(batch, *batches)
+    grads = (grad_mean1, grad_cov1, grad_mean2, grad_cov2)
+    identity = [int(np.prod(a)) == n for a in batches]
+    targets = [_per_point(name, g, same, n, tail) for name, g, same, tail in zip(names, grads, identity, ((d,), (d, d), (d,), (d, d)))]
+    codes = [cuda.device_array(mat.shape[0] if fuse else 1, np.int32) for mat, fuse in zip(mats, fused)]
+    args = (
+        _view("cotangent", cotangent, (n,)), _vectors("mean1", mean1), mats[0], fused[0], _vectors("mean2", mean2), mats[1], fused[1],
+        cuda.to_device(geometry_host[0]), cuda.to_device(np.stack(geometry_host[1:])), tuple(g is not None for g in grads),
+        (identity[1], identity[3]), targets[0], targets[2], targets[1], targets[3], codes[0], codes[1],
+    )
+    if d <= MAX_LOCAL_D:
+        _launch(_kl_vjp_local, n, *args)
+    else:
+        _launch(_kl_vjp_global, n, *args, cuda.device_array((5 * n, d, d), np.float64), cuda.device_array((n, d), np.float64))
+    status = plan.record_fused(TARGET, factors, ["cov1", "cov2"], codes)
+    if plan.any_failed(status):
+        return status
+    _finish("mean1", grad_mean1, targets[0], batch, batches[0])
+    _finish("cov1", grad_cov1, targets[1], batch, batches[1], True, mats[0])
+    _finish("mean2", grad_mean2, targets[2], batch, batches[2])
+    _finish("cov2", grad_cov2, targets[3], batch, batches[3], True, mats[1])
+    return status

@@ -27,6 +27,7 @@ def _pinned(op):
 
 
 # Ops whose public face is a module function; the Generator methods take backend="numpy".
-__all__ = [op for op in _OPS if _public_function(op) is not None]
+# Gradients ("<op>_vjp") are reached through the ops' own VJP functions, not pinned here.
+__all__ = [op for op in _OPS if _public_function(op) is not None and not op.endswith("_vjp")]
 for _op in __all__:
     globals()[_op] = _pinned(_op)

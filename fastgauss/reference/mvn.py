@@ -114,12 +114,20 @@ def mvn_logpdf(x, mean, cov, scale_tril, batch, out):
     return status
 
 
-def mvn_kl(mean1, cov1, mean2, cov2, batch, out):
-    """0.5 (|L2^-1 L1|_F^2 + |L2^-1 (mean2 - mean1)|^2 - d + 2 sum (log L2_ii - log L1_ii))."""
+def _factor_pair(cov1, cov2):
+    """(L1, L2, status) of mvn_kl's two covariances; L1 and L2 are None when either failed."""
     L1, codes1 = factor(cov1)
     L2, codes2 = factor(cov2)
     status = {"cov1": summarize(codes1), "cov2": summarize(codes2)}
     if status["cov1"][0] >= 0 or status["cov2"][0] >= 0:
+        return None, None, status
+    return L1, L2, status
+
+
+def mvn_kl(mean1, cov1, mean2, cov2, batch, out):
+    """0.5 (|L2^-1 L1|_F^2 + |L2^-1 (mean2 - mean1)|^2 - d + 2 sum (log L2_ii - log L1_ii))."""
+    L1, L2, status = _factor_pair(cov1, cov2)
+    if L1 is None:
         return status
     d = L1.shape[-1]
     trace = (solve_lower(L2, L1) ** 2).sum(axis=(-2, -1))
@@ -127,4 +135,138 @@ def mvn_kl(mean1, cov1, mean2, cov2, batch, out):
     squared = (solve_lower(L2, diff[..., None])[..., 0] ** 2).sum(axis=-1)
     log_ratio = np.log(np.diagonal(L2, axis1=-2, axis2=-1)).sum(axis=-1) - np.log(np.diagonal(L1, axis1=-2, axis2=-1)).sum(axis=-1)
     out[...] = 0.5 * (trace + squared - d) + log_ratio
+    return status
+
+
+# --- gradients ---------------------------------------------------------------------------
+# The VJPs of the four ops, from the derivative formulas (float64 throughout). With L the
+# lower factor, r = x - mean, z = L^-1 r and u = L^-T z (= Sigma^-1 r):
+#   mvn_sample  x = mean + L eps:   d/dmean = g,  d/dL = tril(g eps^T),  d/deps = L^T g
+#   mvn_logpdf:  d/dx = -g u,  d/dmean = g u,  d/dL = g (tril(u z^T) - diag(1 / L_ii))
+#   mvn_kl, M = L2^-1 L1, w = L2^-1 (mean2 - mean1), A = L2^-T M, v = L2^-T w:
+#     d/dmean2 = g v = -d/dmean1,  d/dL1 = g (tril(A) - diag(1 / L1_ii)),
+#     d/dL2 = g (diag(1 / L2_ii) - tril(A M^T) - tril(v w^T))
+# and a covariance's gradient from its factor's, ``cholesky_backward`` (Murray 2016, in the
+# form torch.linalg.cholesky's autograd uses): sym(L^-T Phi(L^T gL) L^-1), Phi the lower
+# triangle with its diagonal halved, sym(X) = (X + X^T) / 2. Gradients summed over the axes
+# an argument was broadcast along (``reduce_to``).
+
+
+def reduce_to(a, shape):
+    """a summed over its leading axes and over the axes where ``shape`` has 1: a of ``shape``."""
+    a = np.asarray(a)
+    lead = a.ndim - len(shape)
+    a = a.sum(axis=tuple(range(lead))) if lead else a
+    axes = tuple(k for k, n in enumerate(shape) if n == 1 and a.shape[k] != 1)
+    return a.sum(axis=axes, keepdims=True) if axes else a
+
+
+def _transpose(a):
+    return np.swapaxes(a, -1, -2)
+
+
+def cholesky_backward(L, grad_L):
+    """The symmetric gradient of a covariance from its factor L's (both (..., d, d), float64)."""
+    d = L.shape[-1]
+    phi = np.tril(_transpose(L) @ np.tril(grad_L))
+    phi[..., np.arange(d), np.arange(d)] *= 0.5
+    inverse = solve_lower(L, np.broadcast_to(np.eye(d), L.shape))
+    g = _transpose(inverse) @ phi @ inverse
+    return 0.5 * (g + _transpose(g))
+
+
+def _factor_of(cov, scale_tril):
+    """(L, status) from the covariance, or the given factor's lower triangle."""
+    if cov is not None:
+        L, codes = factor(cov)
+        return L, {"cov": summarize(codes)}
+    return _lower(scale_tril), {}
+
+
+def _write_matrix_grad(L, grad_L, matrix_shape, grad_cov, grad_scale_tril):
+    grad_L = reduce_to(grad_L, matrix_shape)
+    if grad_scale_tril is not None:
+        grad_scale_tril[...] = np.tril(grad_L)
+    if grad_cov is not None:
+        grad_cov[...] = cholesky_backward(L, grad_L)
+
+
+def _write_opposite(value, grad_minus, minus_shape, grad_plus, plus_shape):
+    """The gradients of the two sides of a difference whose gradient is ``value``: -value and value,
+    each summed to its argument's shape."""
+    if grad_minus is not None:
+        grad_minus[...] = reduce_to(-value, minus_shape)
+    if grad_plus is not None:
+        grad_plus[...] = reduce_to(value, plus_shape)
+
+
+def cholesky_vjp(cotangent, a, upper, grad_a):
+    L, codes = factor(a, upper)
+    status = {"a": summarize(codes)}
+    if status["a"][0] < 0:
+        g = np.asarray(cotangent, dtype=np.float64)
+        grad_a[...] = cholesky_backward(L, _transpose(g) if upper else g)
+    return status
+
+
+def mvn_sample_vjp(cotangent, mean, cov, scale_tril, batch, noise, *, stream, grad_mean, grad_cov, grad_scale_tril, grad_noise):
+    """Noise given, or regenerated from ``stream`` (the forward's key and offset) as it drew it."""
+    L, status = _factor_of(cov, scale_tril)
+    if status and status["cov"][0] >= 0:
+        return status
+    g = np.asarray(cotangent, dtype=np.float64)
+    if grad_mean is not None:
+        grad_mean[...] = reduce_to(g, np.shape(mean))
+    if grad_noise is not None:
+        grad_noise[...] = (_transpose(L) @ g[..., None])[..., 0]
+    if grad_cov is not None or grad_scale_tril is not None:
+        if noise is None:
+            noise = np.empty(g.shape, np.asarray(cotangent).dtype)
+            if noise.size:
+                standard_normal(noise, *stream)
+        eps = np.asarray(noise, dtype=np.float64)
+        grad_L = np.tril(g[..., :, None] * eps[..., None, :])
+        _write_matrix_grad(L, grad_L, L.shape, grad_cov, grad_scale_tril)
+    return status
+
+
+def mvn_logpdf_vjp(cotangent, x, mean, cov, scale_tril, batch, *, grad_x, grad_mean, grad_cov, grad_scale_tril):
+    L, status = _factor_of(cov, scale_tril)
+    if status and status["cov"][0] >= 0:
+        return status
+    d = L.shape[-1]
+    g = np.asarray(cotangent, dtype=np.float64)
+    diff = np.asarray(x, dtype=np.float64) - np.asarray(mean, dtype=np.float64)
+    z = solve_lower(L, diff[..., None])
+    inverse = solve_lower(L, np.broadcast_to(np.eye(d), L.shape))
+    u = _transpose(inverse) @ z
+    _write_opposite(g[..., None] * u[..., 0], grad_x, np.shape(x), grad_mean, np.shape(mean))
+    if grad_cov is not None or grad_scale_tril is not None:
+        with np.errstate(divide="ignore"):
+            diagonal = np.eye(d) / np.diagonal(L, axis1=-2, axis2=-1)[..., None]
+        grad_L = g[..., None, None] * (np.tril(u @ _transpose(z)) - diagonal)
+        _write_matrix_grad(L, grad_L, L.shape, grad_cov, grad_scale_tril)
+    return status
+
+
+def mvn_kl_vjp(cotangent, mean1, cov1, mean2, cov2, batch, *, grad_mean1, grad_cov1, grad_mean2, grad_cov2):
+    L1, L2, status = _factor_pair(cov1, cov2)
+    if L1 is None:
+        return status
+    d = L1.shape[-1]
+    g = np.asarray(cotangent, dtype=np.float64)
+    inverse2 = solve_lower(L2, np.broadcast_to(np.eye(d), L2.shape))
+    diff = np.asarray(mean2, dtype=np.float64) - np.asarray(mean1, dtype=np.float64)
+    w = inverse2 @ diff[..., None]
+    v = _transpose(inverse2) @ w
+    _write_opposite(g[..., None] * v[..., 0], grad_mean1, np.shape(mean1), grad_mean2, np.shape(mean2))
+    M = inverse2 @ L1
+    A = _transpose(inverse2) @ M
+    eye = np.eye(d)
+    if grad_cov1 is not None:
+        grad_L1 = g[..., None, None] * (np.tril(A) - eye / np.diagonal(L1, axis1=-2, axis2=-1)[..., None])
+        _write_matrix_grad(L1, grad_L1, L1.shape, grad_cov1, None)
+    if grad_cov2 is not None:
+        grad_L2 = g[..., None, None] * (eye / np.diagonal(L2, axis1=-2, axis2=-1)[..., None] - np.tril(A @ _transpose(M)) - np.tril(v @ _transpose(w)))
+        _write_matrix_grad(L2, grad_L2, L2.shape, grad_cov2, None)
     return status
