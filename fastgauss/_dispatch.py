@@ -38,10 +38,11 @@ class Op(NamedTuple):
 
 
 _LINEAR = "{}, {}, t, schedule, out"
-_GENERATOR = "out, key, offset"
+_GENERATOR = "out, key, offset, window"
 
 # The one place an op is registered: op name -> Op(family, backend arguments).
-# Generator methods are ops too: their backend functions fill an output from (key, offset).
+# Generator methods are ops too: their backend functions fill an output from (key, offset), or
+# one block of a larger output (window: fastgauss._plans.stream.Window; None for the whole).
 # tests/test_architecture.py holds every backend function to its declared arguments.
 OPS = {
     "q_sample": Op("diffusion", "x0, t, schedule, noise, out, noise_out, stream"),

@@ -168,9 +168,9 @@ class Generator(Stream):
         else:
             target = _checked_out(out, size, dtype, op)
         count = int(np.prod(_checks.shape_dtype(target)[0]))
-        key, offset = self.reserve(blocks_needed(count, dtype))
+        key, offset, window = self.reserve(blocks_needed(count, dtype))
         if count or parameters:  # normal scales and shifts even an empty output, as NumPy would
-            implementation(op, name)(target, key, offset, **parameters)
+            implementation(op, name)(target, key, offset, window, **parameters)
         if size is None and out is None:
             value = target if isinstance(target, np.ndarray) else target.copy_to_host()
             return float(value[()])
