@@ -40,7 +40,7 @@ import numbers
 import numpy as np
 
 from fastgauss import _checks
-from fastgauss._dispatch import adapter, implementation, resolve
+from fastgauss._dispatch import adapter, adapts, implementation, resolve
 from fastgauss._plans.stream import DTYPES, Stream, blocks_needed
 from fastgauss.mvn import multivariate_normal as _multivariate_normal
 
@@ -264,6 +264,7 @@ def as_generator(rng, name="rng"):
     raise TypeError(f"{name} must be a fastgauss.Generator, an int seed or None; got {type(rng).__name__}")
 
 
+@adapts
 def philox4x32_10(counters, keys, *, backend=None):
     """Raw Philox4x32-10 blocks (Salmon et al. 2011), vectorized.
 

@@ -133,6 +133,8 @@ def test_per_sample_reductions_match_in_memory_and_repeat_bitwise(compute):
             ("normal_logpdf", (mean1, mean2, logvar)),
             ("discretized_gaussian_log_likelihood", (np.clip(mean1, -1, 1), mean2, logvar)),
         ]
+        if dtype == np.float32:  # float32: one op (each op and dtype is one more kernel to compile)
+            calls = calls[:1]
         for chunks in CHUNKINGS[1:3]:
             for op, args in calls:
                 for reduce in ("mean", "sum"):
@@ -220,3 +222,22 @@ def test_an_error_in_a_worker_reaches_the_caller(client):
 def test_import_fastgauss_does_not_import_dask():
     code = "import sys, fastgauss; fastgauss.default_rng(0); assert not any(m.split('.')[0] in ('dask', 'distributed') for m in sys.modules), 'dask imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_generator_argument_errors_are_raised_when_the_graph_is_built():
+    g = fresh()
+    with pytest.raises(TypeError, match="Unsupported dtype"):
+        g.standard_normal(10, dtype=np.int32, chunks=5)
+    with pytest.raises(ValueError, match="scale < 0"):
+        g.normal(0.0, np.array([1.0, -1.0]), size=(3, 2), chunks=1)
+    with pytest.raises(ValueError, match="do not broadcast"):
+        g.normal(np.zeros(3), 1.0, size=(3, 2), chunks=1)
+    assert g.state == fresh().state
+
+
+def test_raw_philox_blocks():
+    counters = np.arange(6 * 4, dtype=np.uint32).reshape(6, 4)
+    keys = np.array([[1, 2]], dtype=np.uint32)
+    lazy = fastgauss.random.philox4x32_10(da.from_array(counters, chunks=(4, 2)), keys)
+    assert lazy.chunks[0] == (4, 2)
+    np.testing.assert_array_equal(lazy.compute(scheduler="synchronous"), fastgauss.random.philox4x32_10(counters, keys))

@@ -32,9 +32,9 @@ import dask.array as da
 import numpy as np
 
 from fastgauss import _checks
-from fastgauss._plans.stream import DTYPES, BlockStream, Window, as_stream, blocks_needed
+from fastgauss._plans.stream import BlockStream, Window, as_stream, blocks_needed
 from fastgauss.kl import REDUCTIONS
-from fastgauss.random import Generator
+from fastgauss.random import Generator, _sample_dtype
 
 # The array arguments of each op and how they are shaped: "same" (one shape, elementwise),
 # "broadcast" (NumPy broadcasting, elementwise or reduced per sample), or the mvn layouts.
@@ -77,6 +77,8 @@ def call(op, args, kwargs):
         return _diffusion(op, params)
     if name in KL:
         return _kl(op, params)
+    if name == "philox4x32_10":
+        return _philox(op, params)
     return _mvn(op, params)
 
 
@@ -354,6 +356,21 @@ def _mvn_sample(op, params, arrays, constants, batch, d, dtype):
     return _blockwise(op, out_index, inputs, constants, dtype)
 
 
+def _philox(op, params):
+    """Raw Philox blocks: the leading axes broadcast and keep their chunks; the word axes
+    (4 counter words, 2 key words) are made one chunk."""
+    arrays = {}
+    for n, width in (("counters", 4), ("keys", 2)):
+        a = _as_dask(n, params[n])
+        if a.ndim == 0 or a.shape[-1] != width:
+            raise ValueError(f"{n} must have shape (..., {width}); got {a.shape}")
+        arrays[n] = a.rechunk({a.ndim - 1: -1})
+    lead = _checks.broadcast_shape(**{n: a.shape[:-1] for n, a in arrays.items()})
+    letters = LETTERS[: len(lead)]
+    inputs = [(n, a, letters[len(lead) - a.ndim + 1 :] + ("w" if n == "counters" else "z")) for n, a in arrays.items()]
+    return _blockwise(op, letters + "w", inputs, {"backend": params["backend"]}, np.dtype(np.uint32))
+
+
 # --- Generator methods with chunks= ---------------------------------------------------------------
 
 
@@ -378,18 +395,12 @@ def generator_array(generator, method, size, dtype, out, chunks, backend, loc=No
     """``generator.<method>(size, dtype, chunks=chunks)``: a lazy dask.array; the generator advances now."""
     if out is not None:
         raise TypeError(f"{method}: pass either out or chunks, not both")
-    try:
-        dtype = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"Unsupported dtype {dtype!r} for {method}") from None
-    if dtype not in DTYPES:
-        raise TypeError(f"Unsupported dtype {dtype!r} for {method}; use float32 or float64")
+    dtype = _sample_dtype(dtype, method)
     operands = []
     if method == "normal":
+        if not _checks.is_dask_array(scale) and np.any(np.asarray(scale) < 0):
+            raise ValueError("scale < 0")  # a Dask scale is checked in its blocks
         loc, scale = (_as_dask(n, v) if not isinstance(v, numbers.Number) else v for n, v in (("loc", loc), ("scale", scale)))
-        for n, v in (("scale", scale),):
-            if not _checks.is_dask_array(v) and np.any(np.asarray(v) < 0):
-                raise ValueError("scale < 0")
         loc_shape, scale_shape = np.shape(loc), np.shape(scale)
         shape = np.broadcast_shapes(loc_shape, scale_shape) if size is None else _checks.sample_shape(size)
         try:
