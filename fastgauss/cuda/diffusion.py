@@ -12,7 +12,7 @@ from fastgauss._plans import diffusion as plan
 from fastgauss._plans.diffusion import GENERATED_NOISE, GIVEN_NOISE
 from fastgauss._plans.stream import values_per_block
 from fastgauss.cuda import as_flat, as_rows, grid
-from fastgauss.cuda.random import launch_config, normals, on_device, window_index
+from fastgauss.cuda.random import launch_config, normals, on_device, stream_slot
 
 _d = compile_for(cuda.jit(device=True), _diffusion)
 _linear_element = _d.linear_element
@@ -43,12 +43,10 @@ def _step_blocks(xt, model, noise, noise_mode, ax, am, k0, kx, km, ks, limit, wi
             if e < n:
                 g = lane
                 if noise_mode == GENERATED_NOISE:
-                    g = window_index(np.int64(e), base, run, extents, strides)
-                    b = g // per_block
+                    b, g = stream_slot(np.int64(e), per_block, base, run, extents, strides)
                     if b != held:
                         z = normals(per_block, o0, o1, o2, o3, k_0, k_1, b)
                         held = b
-                    g -= b * per_block
                 r = e // width
                 xt_value = xt[e]  # read before out is touched: out may be xt or model
                 model_value = model[e]

@@ -23,7 +23,7 @@ from fastgauss._plans import mvn as plan
 from fastgauss._plans.mvn import NO_FAILURE, geometry
 from fastgauss._plans.stream import kernel_state, values_per_block
 from fastgauss.cuda import _numba_view
-from fastgauss.cuda.random import launch_config, normals, on_device, standard_normal, window_index
+from fastgauss.cuda.random import launch_config, normals, on_device, standard_normal, stream_slot
 
 _d = _device.compile_for(cuda.jit(device=True), _mvn)
 _operand_index = _d.operand_index
@@ -66,16 +66,15 @@ def _cholesky_global(a, upper, tol, work, out, status):
 @cuda.jit(device=True)
 def _vector_normals(eps, d, e, per_block, k0, k1, o0, o1, o2, o3, base, run, extents, strides):
     """eps[0 .. d-1] = the stream values of local elements e .. e + d - 1 (global elements
-    window_index(e + i); the Philox blocks holding them)."""
+    window_index(e + i): stream_slot; the Philox blocks holding them)."""
     held = np.int64(-1)
     values = (0.0, 0.0, 0.0, 0.0)
     for i in range(d):
-        g = window_index(np.int64(e + i), base, run, extents, strides)
-        block = g // per_block
+        block, lane = stream_slot(np.int64(e + i), per_block, base, run, extents, strides)
         if block != held:
             values = normals(per_block, o0, o1, o2, o3, k0, k1, block)
             held = block
-        eps[i] = values[g - block * per_block]
+        eps[i] = values[lane]
 
 
 @cuda.jit(cache=True)

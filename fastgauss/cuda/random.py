@@ -42,6 +42,16 @@ def normals(per_block, o0, o1, o2, o3, k0, k1, j):
 
 
 @cuda.jit(device=True)
+def stream_slot(e, per_block, base, run, extents, strides):
+    """(stream block, lane) of local element e: those of its global index (window_index), with
+    no integer division for the elements of the first run (all of them for a whole array)."""
+    g = base + e if e < run else window_index(e, base, run, extents, strides)
+    shift = np.int64(2) if per_block == 4 else np.int64(1)
+    b = g >> shift
+    return b, g - (b << shift)
+
+
+@cuda.jit(device=True)
 def uniforms(per_block, o0, o1, o2, o3, k0, k1, j):
     w0, w1, w2, w3 = _block(o0, o1, o2, o3, k0, k1, np.uint64(j))
     if per_block == 4:
@@ -60,15 +70,14 @@ def _fill(out, normal, per_block, k0, k1, o0, o1, o2, o3, base, run, extents, st
         for lane in range(per_block):
             e = j * per_block + lane
             if e < n:
-                g = window_index(np.int64(e), base, run, extents, strides)
-                b = g // per_block
+                b, slot = stream_slot(np.int64(e), per_block, base, run, extents, strides)
                 if b != held:
                     if normal:
                         values = normals(per_block, o0, o1, o2, o3, k0, k1, b)
                     else:
                         values = uniforms(per_block, o0, o1, o2, o3, k0, k1, b)
                     held = b
-                out[e] = values[g - b * per_block]  # float32 values round-trip through float64 exactly
+                out[e] = values[slot]  # float32 values round-trip through float64 exactly
 
 
 def on_device(state):
