@@ -129,7 +129,8 @@ def _blockwise(op, out_index, inputs, constants, dtype, stream=None, pick=None, 
         stream = (key, offset, shape, tuple(axes))
     function = functools.partial(_run_block, op, names, constants, stream, pick)
     return da.blockwise(
-        function, out_index, *pairs, dtype=dtype, meta=np.empty((0,) * len(out_index), dtype), concatenate=True, **options
+        function, out_index, *pairs, token=op.__name__, dtype=dtype, meta=np.empty((0,) * len(out_index), dtype),
+        concatenate=True, **options,
     )
 
 
@@ -423,4 +424,4 @@ def generator_array(generator, method, size, dtype, out, chunks, backend, loc=No
     for letter, axis_positions in zip(index, _positions(shape, chunks)):
         pairs += [axis_positions, letter]
     function = functools.partial(_generator_block, method, dtype, backend, key, offset, shape)
-    return da.blockwise(function, index, *pairs, dtype=dtype, meta=np.empty((0,) * len(shape), dtype), concatenate=True)
+    return da.blockwise(function, index, *pairs, token=method, dtype=dtype, meta=np.empty((0,) * len(shape), dtype), concatenate=True)
