@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-python -m pip install --disable-pip-version-check -q -e ".[test,cuda-compile]"
+python -m pip install --disable-pip-version-check -q -e ".[test,cuda-compile,dask]"
 python -m fastgauss --quick
 mkdir -p build
 # The test suite records every CUDA kernel launch (simulator or GPU) and its argument types.

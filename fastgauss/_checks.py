@@ -32,6 +32,12 @@ def is_device_array(x):
     return module.startswith(("numba.cuda", "numba_cuda")) and hasattr(x, "copy_to_host")
 
 
+def is_dask_array(x):
+    """True for a dask.array.Array, recognized without importing dask (none exists unless dask
+    was imported): such calls go to the adapter fastgauss.interop.dask."""
+    return type(x).__module__.startswith("dask.array") and hasattr(x, "chunks") and hasattr(x, "dask")
+
+
 def _is_simulator_array(x):
     return not isinstance(x, np.ndarray) and not hasattr(x, "__cuda_array_interface__")
 

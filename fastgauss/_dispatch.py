@@ -11,11 +11,12 @@ import contextlib
 import contextvars
 import functools
 import importlib
+import itertools
 import os
 import threading
 from typing import NamedTuple
 
-from fastgauss._checks import is_device_array, is_scalar
+from fastgauss._checks import is_dask_array, is_device_array, is_scalar
 
 BACKENDS = ("numpy", "cpu", "cuda")
 _PACKAGES = {"numpy": "fastgauss.reference", "cpu": "fastgauss.cpu", "cuda": "fastgauss.cuda"}
@@ -38,10 +39,11 @@ class Op(NamedTuple):
 
 
 _LINEAR = "{}, {}, t, schedule, out"
-_GENERATOR = "out, key, offset"
+_GENERATOR = "out, key, offset, window"
 
 # The one place an op is registered: op name -> Op(family, backend arguments).
-# Generator methods are ops too: their backend functions fill an output from (key, offset).
+# Generator methods are ops too: their backend functions fill an output from (key, offset), or
+# one block of a larger output (window: fastgauss._plans.stream.Window; None for the whole).
 # tests/test_architecture.py holds every backend function to its declared arguments.
 OPS = {
     "q_sample": Op("diffusion", "x0, t, schedule, noise, out, noise_out, stream"),
@@ -208,3 +210,32 @@ def implementation(op, backend):
     """The backend function for ``op``: ``fastgauss.<backend package>.<family>.<op>``."""
     module = importlib.import_module(f"{_PACKAGES[backend]}.{OPS[op].family}")
     return getattr(module, op)
+
+
+# --- interop: array kinds the adapters in fastgauss.interop handle -------------------------------
+
+
+def interop_kind(values):
+    """"dask" when one of ``values`` is a Dask array, else None (the op runs as written)."""
+    return "dask" if any(is_dask_array(v) for v in values) else None
+
+
+def adapter(kind):
+    """The adapter module for an array kind, ``fastgauss.interop.<kind>``, imported on first use
+    (it imports its library, which ``import fastgauss`` never does)."""
+    return importlib.import_module(f"fastgauss.interop.{kind}")
+
+
+def adapts(function):
+    """Decorate a public op: a call with an array of an interop kind (a Dask array) is handed to
+    that kind's adapter, ``adapter(kind).call(op, args, kwargs)``, which calls the op again on
+    plain arrays; any other call runs the op unchanged."""
+
+    @functools.wraps(function)
+    def op(*args, **kwargs):
+        kind = interop_kind(itertools.chain(args, kwargs.values()))
+        if kind is None:
+            return function(*args, **kwargs)
+        return adapter(kind).call(op, args, kwargs)
+
+    return op

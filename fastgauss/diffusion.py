@@ -6,10 +6,11 @@ import numpy as np
 
 from fastgauss import _checks
 from fastgauss._plans import diffusion as plan
-from fastgauss._dispatch import implementation, resolve
+from fastgauss._dispatch import adapts, implementation, resolve
 from fastgauss._plans.stream import as_stream, blocks_needed
 
 
+@adapts
 def q_sample(x0, t, schedule, noise=None, *, rng=None, out=None, return_noise=False, backend=None):
     r"""Forward-noise clean data to timestep ``t`` in one fused pass.
 
@@ -130,6 +131,7 @@ _SHARED = """
 """
 
 
+@adapts
 def q_posterior(x0, xt, t, schedule, *, out=None, backend=None):
     r"""The forward-process posterior q(x_{t-1} | x_t, x_0) = N(mean, variance).
 
@@ -158,6 +160,7 @@ def q_posterior(x0, xt, t, schedule, *, out=None, backend=None):
     return mean, variance, log_variance
 
 
+@adapts
 def predict_x0(xt, t, eps, schedule, *, out=None, backend=None):
     r"""x0 from the noise: :math:`\hat x_0 = (x_t - \sqrt{1 - \bar\alpha_t}\,\epsilon) / \sqrt{\bar\alpha_t}`.
     """ + _SHARED + """
@@ -166,6 +169,7 @@ def predict_x0(xt, t, eps, schedule, *, out=None, backend=None):
     return _linear_op("predict_x0", ("xt", "eps"), xt, eps, t, schedule, out, backend)
 
 
+@adapts
 def predict_eps(xt, t, x0, schedule, *, out=None, backend=None):
     r"""The noise from x0: :math:`\epsilon = (x_t - \sqrt{\bar\alpha_t}\, x_0) / \sqrt{1 - \bar\alpha_t}`.
     """ + _SHARED + """
@@ -174,6 +178,7 @@ def predict_eps(xt, t, x0, schedule, *, out=None, backend=None):
     return _linear_op("predict_eps", ("xt", "x0"), xt, x0, t, schedule, out, backend)
 
 
+@adapts
 def predict_v(x0, eps, t, schedule, *, out=None, backend=None):
     r"""The v target (Salimans and Ho 2022): :math:`v = \sqrt{\bar\alpha_t}\,\epsilon - \sqrt{1 - \bar\alpha_t}\, x_0`.
     """ + _SHARED + """
@@ -182,6 +187,7 @@ def predict_v(x0, eps, t, schedule, *, out=None, backend=None):
     return _linear_op("predict_v", ("x0", "eps"), x0, eps, t, schedule, out, backend)
 
 
+@adapts
 def v_to_x0(xt, t, v, schedule, *, out=None, backend=None):
     r"""x0 from v: :math:`\hat x_0 = \sqrt{\bar\alpha_t}\, x_t - \sqrt{1 - \bar\alpha_t}\, v`.
     """ + _SHARED + """
@@ -190,6 +196,7 @@ def v_to_x0(xt, t, v, schedule, *, out=None, backend=None):
     return _linear_op("v_to_x0", ("xt", "v"), xt, v, t, schedule, out, backend)
 
 
+@adapts
 def v_to_eps(xt, t, v, schedule, *, out=None, backend=None):
     r"""The noise from v: :math:`\epsilon = \sqrt{\bar\alpha_t}\, v + \sqrt{1 - \bar\alpha_t}\, x_t`.
     """ + _SHARED + """
@@ -198,6 +205,7 @@ def v_to_eps(xt, t, v, schedule, *, out=None, backend=None):
     return _linear_op("v_to_eps", ("xt", "v"), xt, v, t, schedule, out, backend)
 
 
+@adapts
 def posterior_mean_from_eps(xt, t, eps, schedule, *, out=None, backend=None):
     r"""The posterior mean from the noise (Ho et al. 2020, eq. 11):
     :math:`\tilde\mu = (x_t - \frac{\beta_t}{\sqrt{1 - \bar\alpha_t}}\,\epsilon) / \sqrt{\alpha_t}`.
@@ -243,6 +251,7 @@ def _step_inputs(backend, model_output, xt, t, noise, rng, out, schedule):
     return name, model_output, xt, t, noise, generator, out, dtype, shape
 
 
+@adapts
 def ddpm_step(model_output, xt, t, schedule, *, prediction="epsilon", clip=None, variance="small",
               noise=None, rng=None, return_x0=False, out=None, backend=None):
     r"""One ancestral sampling step x_t -> x_{t-1} (Ho et al. 2020), fused into one pass.
@@ -285,6 +294,7 @@ def ddpm_step(model_output, xt, t, schedule, *, prediction="epsilon", clip=None,
     return (out, x0_out) if return_x0 else out
 
 
+@adapts
 def ddim_step(model_output, xt, t, t_prev, schedule, *, eta=0.0, prediction="epsilon", clip=None,
               noise=None, rng=None, return_x0=False, out=None, backend=None):
     r"""One DDIM step x_t -> x_{t_prev} (Song et al. 2021), fused into one pass.

@@ -9,7 +9,7 @@ import numbers
 import numpy as np
 
 from fastgauss import _checks
-from fastgauss._dispatch import implementation, resolve
+from fastgauss._dispatch import adapts, implementation, resolve
 
 REDUCTIONS = (None, "mean", "sum")
 
@@ -71,6 +71,7 @@ def _call(op, args, reduce, out, backend, **extra):
     return out
 
 
+@adapts
 def normal_kl(mean1, logvar1, mean2, logvar2, *, reduce=None, out=None, backend=None):
     r"""KL divergence between diagonal Gaussians, elementwise or summed per sample, in one pass.
 
@@ -127,6 +128,7 @@ def normal_kl(mean1, logvar1, mean2, logvar2, *, reduce=None, out=None, backend=
     return _call("normal_kl", args, reduce, out, backend)
 
 
+@adapts
 def normal_logpdf(x, mean, logvar, *, reduce=None, out=None, backend=None):
     r"""Log density of a diagonal Gaussian, elementwise or summed per sample, in one pass.
 
@@ -161,6 +163,7 @@ def normal_logpdf(x, mean, logvar, *, reduce=None, out=None, backend=None):
     return _call("normal_logpdf", {"x": x, "mean": mean, "logvar": logvar}, reduce, out, backend)
 
 
+@adapts
 def discretized_gaussian_log_likelihood(x, means, log_scales, *, reduce=None, bins=255, out=None, backend=None):
     r"""Log-likelihood of image data under a discretized Gaussian decoder, in one pass.
 

@@ -40,7 +40,7 @@ import numbers
 import numpy as np
 
 from fastgauss import _checks
-from fastgauss._dispatch import implementation, resolve
+from fastgauss._dispatch import adapter, adapts, implementation, resolve
 from fastgauss._plans.stream import DTYPES, Stream, blocks_needed
 from fastgauss.mvn import multivariate_normal as _multivariate_normal
 
@@ -93,25 +93,40 @@ class Generator(Stream):
         """``n`` independent child generators (keys from SeedSequence.spawn)."""
         return [Generator(child) for child in self._seed_sequence.spawn(n)]
 
-    def standard_normal(self, size=None, dtype=np.float64, out=None, *, backend=None):
+    def standard_normal(self, size=None, dtype=np.float64, out=None, *, chunks=None, backend=None):
         """Standard normal samples, N(0, 1), from the stream (Box-Muller; see the module doc).
 
         size : int or tuple of ints, optional (None: one value, returned as a float)
         dtype : float32 or float64
         out : array to fill (C-contiguous, writeable, of ``dtype``); its shape is the size
+        chunks : Dask chunks (as for dask.array), optional: return a lazy dask.array of
+            ``size`` instead, whose value at every position equals this call's without
+            ``chunks``, bitwise, for any chunking, scheduler and number of workers; the
+            generator advances now, exactly as the in-memory call would advance it.
+
+        >>> z = fastgauss.default_rng(0).standard_normal((4096, 4096), np.float32, chunks=(1024, 4096))
         """
+        if chunks is not None:
+            return adapter("dask").generator_array(self, "standard_normal", size, dtype, out, chunks, backend)
         return self._fill("standard_normal", size, dtype, out, backend)
 
-    def random(self, size=None, dtype=np.float64, out=None, *, backend=None):
-        """Uniform samples on [0, 1) from the stream (see the module doc for the bits used)."""
+    def random(self, size=None, dtype=np.float64, out=None, *, chunks=None, backend=None):
+        """Uniform samples on [0, 1) from the stream (see the module doc for the bits used);
+        ``chunks``: a lazy dask.array, as for :meth:`standard_normal`."""
+        if chunks is not None:
+            return adapter("dask").generator_array(self, "random", size, dtype, out, chunks, backend)
         return self._fill("random", size, dtype, out, backend)
 
-    def normal(self, loc=0.0, scale=1.0, size=None, dtype=np.float64, *, backend=None):
+    def normal(self, loc=0.0, scale=1.0, size=None, dtype=np.float64, *, chunks=None, backend=None):
         """Normal samples loc + scale * z, z from :meth:`standard_normal`; loc and scale broadcast.
 
         With ``size=None`` the shape is that of ``np.broadcast(loc, scale)``. A negative
         scale is a ValueError (as in NumPy). On cuda, loc and scale must be scalars.
+        ``chunks``: a lazy dask.array, as for :meth:`standard_normal` (loc and scale may
+        then be Dask arrays too).
         """
+        if chunks is not None:
+            return adapter("dask").generator_array(self, "normal", size, dtype, None, chunks, backend, loc=loc, scale=scale)
         name = resolve(backend, {"loc": loc, "scale": scale})
         dtype = _sample_dtype(dtype, "normal")
         if name == "cuda":
@@ -168,9 +183,9 @@ class Generator(Stream):
         else:
             target = _checked_out(out, size, dtype, op)
         count = int(np.prod(_checks.shape_dtype(target)[0]))
-        key, offset = self.reserve(blocks_needed(count, dtype))
+        key, offset, window = self.reserve(blocks_needed(count, dtype))
         if count or parameters:  # normal scales and shifts even an empty output, as NumPy would
-            implementation(op, name)(target, key, offset, **parameters)
+            implementation(op, name)(target, key, offset, window, **parameters)
         if size is None and out is None:
             value = target if isinstance(target, np.ndarray) else target.copy_to_host()
             return float(value[()])
@@ -249,6 +264,7 @@ def as_generator(rng, name="rng"):
     raise TypeError(f"{name} must be a fastgauss.Generator, an int seed or None; got {type(rng).__name__}")
 
 
+@adapts
 def philox4x32_10(counters, keys, *, backend=None):
     """Raw Philox4x32-10 blocks (Salmon et al. 2011), vectorized.
 

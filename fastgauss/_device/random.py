@@ -87,6 +87,20 @@ def block(o0, o1, o2, o3, k0, k1, n):
     return philox4x32_10(c0, c1, c2, c3, k0, k1)
 
 
+def window_index(e, base, run, extents, strides):
+    """The global C-order index of local element e of a block (fastgauss._plans.stream.kernel_window):
+    base + e % run + the outer index of its run (e // run unravelled over extents) times strides."""
+    r = e // run
+    g = base + (e - r * run)
+    a = extents.size - 1
+    while a >= 0:
+        q = r // extents[a]
+        g += (r - q * extents[a]) * strides[a]
+        r = q
+        a -= 1
+    return g
+
+
 # --- uniforms -------------------------------------------------------------------------
 
 F32_2M24 = np.float32(2.0**-24)

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fastgauss._plans.stream import words
+from fastgauss._plans.stream import kernel_state
 
 # What the step kernel adds as noise: nothing (deterministic DDIM), the given array, or
 # normals it draws from the stream itself.
@@ -129,10 +129,10 @@ class StepPlan(NamedTuple):
     coefficients: tuple  # (ax, am, k0, kx, km, ks): contiguous (rows,) arrays of the output dtype
     limit: np.generic  # the clamp limit in the output dtype; inf: no clamp
     noise_mode: int  # NO_NOISE, GIVEN_NOISE or GENERATED_NOISE
-    state: tuple  # the stream words (k0, k1, o0, o1, o2, o3); zeros unless generating
+    state: tuple  # fastgauss._plans.stream.kernel_state: zeros unless generating
 
 
-def step_plan(t, coefficients, clip, noise, stream, dtype):
+def step_plan(t, coefficients, clip, noise, stream, dtype, shape):
     """The step kernel's arguments, for coefficients from ``ddpm``, ``ddim`` or ``q_sample_generated``."""
     dtype = np.dtype(dtype)
     if noise is not None:
@@ -144,5 +144,5 @@ def step_plan(t, coefficients, clip, noise, stream, dtype):
         coefficients=tuple(np.ascontiguousarray(c, dtype) for c in coefficients),
         limit=dtype.type(np.inf if clip is None else clip),
         noise_mode=mode,
-        state=words(*stream) if stream is not None else words(0, 0),
+        state=kernel_state(stream if mode == GENERATED_NOISE else None, shape),
     )

@@ -13,6 +13,16 @@ the uint64 kernel arguments). Per dtype (``LAYOUT``):
 
 A call producing n values uses ceil(n / values per block) blocks and advances the
 generator's counter by that many (``Stream.reserve``).
+
+Windows. A backend may be asked for one block of a larger array rather than the whole
+call (``Window``: the larger array's shape and the block's origin in it, the block's
+shape being the output's): local element e (C order of the block) then takes the value
+of the larger array's element g(e), its global C-order index, from stream block
+g // values per block, lane g % values per block, exactly as the whole call would. The
+kernels see a window as runs (``kernel_window``): the block's elements come in runs
+that are contiguous in the larger array; run r starts at global index base + sum of
+its outer indices times the global strides. This is what makes noise drawn for a Dask
+array independent of its chunking (fastgauss.interop.dask).
 """
 
 import numbers
@@ -55,6 +65,66 @@ def words(key, offset):
     )
 
 
+class Window(NamedTuple):
+    """Where an output block sits in the C-order array of the call that reserved the stream:
+    ``shape`` is the whole array's shape, ``origin`` the block's first index in it."""
+
+    shape: tuple
+    origin: tuple
+
+
+class StreamRange(NamedTuple):
+    """What ``Stream.reserve`` hands a call: the key, the counter offset of its first block,
+    and the window of the whole call's array its output is (None: all of it)."""
+
+    key: int
+    offset: int
+    window: Window = None
+
+
+def kernel_window(window, shape):
+    """The kernels' form of a window for a block of ``shape``: (base, run, extents, strides)
+    with int64 arrays ``extents`` and ``strides`` of at least one entry. Local element e is
+    global element base + e % run + sum over axes a of index_a * strides[a], where index is
+    e // run unravelled over ``extents`` (C order). None gives the identity (one run)."""
+    shape = tuple(int(n) for n in shape)
+    size = 1
+    for n in shape:
+        size *= n
+    one = (np.int64(0), np.int64(max(size, 1)), np.ones(1, np.int64), np.zeros(1, np.int64))
+    if window is None or size == 0 or not shape:
+        return one
+    full, origin = tuple(int(n) for n in window.shape), tuple(int(n) for n in window.origin)
+    if len(full) != len(shape) or len(origin) != len(shape) or any(
+        o < 0 or o + n > g for o, n, g in zip(origin, shape, full)
+    ):
+        raise ValueError(f"a block of shape {shape} at {origin} does not fit in an array of shape {full}")
+    strides = [1] * len(full)
+    for a in range(len(full) - 2, -1, -1):
+        strides[a] = strides[a + 1] * full[a + 1]
+    base = sum(o * s for o, s in zip(origin, strides))
+    k = len(shape) - 1  # the innermost axis the block does not span in full: runs start there
+    while k > 0 and shape[k] == full[k]:
+        k -= 1
+    run = 1
+    for n in shape[k:]:
+        run *= n
+    if k == 0:
+        return np.int64(base), np.int64(run), np.ones(1, np.int64), np.zeros(1, np.int64)
+    return np.int64(base), np.int64(run), np.array(shape[:k], np.int64), np.array(strides[:k], np.int64)
+
+
+def kernel_state(stream, shape):
+    """The compiled kernels' stream argument for an output block of ``shape``: the words of
+    the key and offset (``words``) followed by ``kernel_window``: (k0, k1, o0, o1, o2, o3,
+    base, run, extents, strides). ``stream`` is a StreamRange, a (key, offset) pair, or None
+    (no stream: zeros)."""
+    if stream is None:
+        return words(0, 0) + kernel_window(None, shape)
+    key, offset, window = (tuple(stream) + (None,))[:3]
+    return words(key, offset) + kernel_window(window, shape)
+
+
 class Stream:
     """The state a call draws from: a 64-bit key and a 128-bit counter offset, reserved in
     ranges of blocks under a lock (so a shared stream hands each call its own range).
@@ -73,11 +143,33 @@ class Stream:
         self._lock = threading.Lock()
 
     def reserve(self, blocks):
-        """Take ``blocks`` blocks of the stream: returns (key, offset) and advances the counter."""
+        """Take ``blocks`` blocks of the stream: returns a StreamRange (key, offset, window None)
+        and advances the counter."""
         with self._lock:
             offset = self._counter
             self._counter = (offset + int(blocks)) % 2**128
-        return self._key, offset
+        return StreamRange(self._key, offset)
+
+
+class BlockStream(Stream):
+    """A stream that hands every call the same range, for one block of a larger call: a call
+    on it computes the values the larger call (which reserved ``offset``) has at ``window``.
+    It holds plain numbers (picklable: a Dask task carries it to a worker) and never advances."""
+
+    def __init__(self, key, offset, window):
+        self._seed_sequence = None
+        self._key, self._counter = int(key), int(offset)
+        self._window = Window(tuple(window.shape), tuple(window.origin))
+        self._lock = threading.Lock()
+
+    def __getstate__(self):
+        return {"key": self._key, "offset": self._counter, "window": self._window}
+
+    def __setstate__(self, state):
+        self.__init__(state["key"], state["offset"], state["window"])
+
+    def reserve(self, blocks):
+        return StreamRange(self._key, self._counter, self._window)
 
 
 def as_stream(rng, name="rng"):

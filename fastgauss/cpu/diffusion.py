@@ -84,7 +84,7 @@ def _step(xt, model, t, coefficients, clip, out, x0_out, noise, stream, noise_ou
     """The fused step with coefficients (ax, am, k0, kx, km, ks) (fastgauss._plans.diffusion)."""
     if out.size == 0:
         return
-    p = plan.step_plan(t, coefficients, clip, noise, stream, out.dtype)
+    p = plan.step_plan(t, coefficients, clip, noise, stream, out.dtype, out.shape)
     # the kernel reads given noise and its own buffer alike: one dtype (a rare mixed-dtype
     # call pays a converted copy)
     noise_flat = as_rows(noise, 1)[0].astype(out.dtype, copy=False) if noise is not None else np.empty(1, out.dtype)

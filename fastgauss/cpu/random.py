@@ -18,7 +18,7 @@ from numba.np.numpy_support import as_dtype
 
 from fastgauss import _device
 from fastgauss._device import random as _random
-from fastgauss._plans.stream import values_per_block as _values_per_block_of, words
+from fastgauss._plans.stream import kernel_state, values_per_block as _values_per_block_of
 from fastgauss.cpu import launch, prefer_wide_vectors
 
 _d = _device.compile_for(numba.njit(error_model="numpy", forceinline=True), _random)
@@ -28,6 +28,7 @@ _box_muller64 = _d.box_muller64
 _uniform32 = _d.uniform32
 _uniform64 = _d.uniform64
 _philox4x32_10 = _d.philox4x32_10
+_window_index = _d.window_index
 
 BLOCKS_PER_CHUNK = 1024  # one parallel work item: 4096 float32 or 2048 float64 values
 KERNEL = dict(error_model="numpy", cache=True)
@@ -99,8 +100,13 @@ def _uniform64_part(part, first_block, k0, k1, o0, o1, o2, o3):
 
 
 # Dtype-generic entry points for kernels, resolved at compile time: ``part`` is a 1-D
-# slice holding stream elements first_element.. (a multiple of 4); ``state`` is
-# (k0, k1, o0, o1, o2, o3), the key and counter offset as uint64 words.
+# slice holding the block's local elements first_element.. (C order); ``state`` is
+# fastgauss._plans.stream.kernel_state: (k0, k1, o0, o1, o2, o3) the key and counter
+# offset as uint64 words, then the window (base, run, extents, strides) that maps local
+# elements to the global elements whose stream values they take. For a whole array
+# (the identity window) and first_element a multiple of 4 this is one call of the
+# block loop above; a run of a window that starts inside a Philox block takes its
+# first values from a copy of that block.
 
 
 def values_per_block(part):
@@ -125,18 +131,45 @@ def _values_per_block(part):
     return lambda part: per_block
 
 
+def _windowed(fill, per_block):
+    """part[i] = value of global element window_index(first_element + i), by runs of the window."""
+
+    def impl(part, first_element, state):
+        k0, k1, o0, o1, o2, o3, base, run, extents, strides = state
+        n = part.size
+        i = 0
+        while i < n:
+            e = first_element + i
+            g = _window_index(e, base, run, extents, strides)
+            m = min(run - e % run, n - i)  # the rest of this run, within part
+            lead = g % per_block
+            if lead == 0:
+                fill(part[i : i + m], g // per_block, k0, k1, o0, o1, o2, o3)
+            else:  # the run starts inside a block: its first values from a copy of the block
+                head = min(per_block - lead, m)
+                block = np.empty(per_block, part.dtype)
+                fill(block, g // per_block, k0, k1, o0, o1, o2, o3)
+                for h in range(head):
+                    part[i + h] = block[lead + h]
+                if m > head:
+                    fill(part[i + head : i + m], g // per_block + 1, k0, k1, o0, o1, o2, o3)
+            i += m
+
+    return impl
+
+
 @overload(normal_part, jit_options=KERNEL)
 def _normal_part(part, first_element, state):
     if _is_float32(part):
-        return lambda part, first_element, state: _normal32_part(part, first_element // 4, *state)
-    return lambda part, first_element, state: _normal64_part(part, first_element // 2, *state)
+        return _windowed(_normal32_part, 4)
+    return _windowed(_normal64_part, 2)
 
 
 @overload(uniform_part, jit_options=KERNEL)
 def _uniform_part(part, first_element, state):
     if _is_float32(part):
-        return lambda part, first_element, state: _uniform32_part(part, first_element // 4, *state)
-    return lambda part, first_element, state: _uniform64_part(part, first_element // 2, *state)
+        return _windowed(_uniform32_part, 4)
+    return _windowed(_uniform64_part, 2)
 
 
 @numba.njit(parallel=True, **KERNEL)
@@ -152,18 +185,18 @@ def _fill(out, normal, state):
             uniform_part(part, start, state)
 
 
-def standard_normal(out, key, offset):
-    launch(_fill, out.reshape(-1), True, words(key, offset))
+def standard_normal(out, key, offset, window):
+    launch(_fill, out.reshape(-1), True, kernel_state((key, offset, window), out.shape))
 
 
-def random(out, key, offset):
-    launch(_fill, out.reshape(-1), False, words(key, offset))
+def random(out, key, offset, window):
+    launch(_fill, out.reshape(-1), False, kernel_state((key, offset, window), out.shape))
 
 
-def normal(out, key, offset, loc, scale):
+def normal(out, key, offset, window, loc, scale):
     """loc + scale z in place (NumPy's broadcasting in-place ops: memory speed)."""
     if out.size:
-        standard_normal(out, key, offset)
+        standard_normal(out, key, offset, window)
     out *= scale
     out += loc
 

@@ -2,6 +2,7 @@
 kernels as the CPU backend (``_linear_rows`` and the fused step), with the same element
 code and the same plan (coefficients and noise mode from fastgauss._plans.diffusion)."""
 
+import numpy as np
 from numba import cuda
 
 from fastgauss._checks import shape_dtype
@@ -11,7 +12,7 @@ from fastgauss._plans import diffusion as plan
 from fastgauss._plans.diffusion import GENERATED_NOISE, GIVEN_NOISE
 from fastgauss._plans.stream import values_per_block
 from fastgauss.cuda import as_flat, as_rows, grid
-from fastgauss.cuda.random import launch_config, normals
+from fastgauss.cuda.random import launch_config, normals, on_device, stream_slot
 
 _d = compile_for(cuda.jit(device=True), _diffusion)
 _linear_element = _d.linear_element
@@ -30,31 +31,36 @@ def _linear_rows(u, w, a, b, out):
 
 @cuda.jit(cache=True)
 def _step_blocks(xt, model, noise, noise_mode, ax, am, k0, kx, km, ks, limit, width, out, x0_out, write_x0,
-                 noise_out, write_noise, per_block, k_0, k_1, o0, o1, o2, o3):
-    """One thread per stream block: its 4 (float32) or 2 (float64) elements in flat C order."""
+                 noise_out, write_noise, per_block, k_0, k_1, o0, o1, o2, o3, base, run, extents, strides):
+    """One thread per group of 4 (float32) or 2 (float64) elements in flat C order: one stream
+    block for a whole array; in a window, element e uses global element window_index(e)."""
     n = out.size
     for j in range(cuda.grid(1), (n + per_block - 1) // per_block, cuda.gridsize(1)):
-        if noise_mode == GENERATED_NOISE:
-            z = normals(per_block, o0, o1, o2, o3, k_0, k_1, j)
-        else:
-            z = (0.0, 0.0, 0.0, 0.0)
+        held = np.int64(-1)  # the stream block in z
+        z = (0.0, 0.0, 0.0, 0.0)
         for lane in range(per_block):
             e = j * per_block + lane
             if e < n:
+                g = lane
+                if noise_mode == GENERATED_NOISE:
+                    b, g = stream_slot(np.int64(e), per_block, base, run, extents, strides)
+                    if b != held:
+                        z = normals(per_block, o0, o1, o2, o3, k_0, k_1, b)
+                        held = b
                 r = e // width
                 xt_value = xt[e]  # read before out is touched: out may be xt or model
                 model_value = model[e]
                 if noise_mode == GIVEN_NOISE:
                     noise_value = noise[e]
                 else:  # round the normal to out's dtype, as the CPU's buffer does
-                    out[e] = z[lane]
+                    out[e] = z[g]
                     noise_value = out[e]
                 value, x0 = _step_element(ax[r], am[r], k0[r], kx[r], km[r], ks[r], limit, xt_value, model_value, noise_value)
                 out[e] = value
                 if write_x0:
                     x0_out[e] = x0
                 if write_noise:
-                    noise_out[e] = z[lane]
+                    noise_out[e] = z[g]
 
 
 def _linear(op, u, w, t, schedule, out):
@@ -73,7 +79,7 @@ def _step(xt, model, t, coefficients, clip, out, x0_out, noise, stream, noise_ou
     shape, dtype = shape_dtype(out)
     if 0 in shape:
         return
-    p = plan.step_plan(t, coefficients, clip, noise, stream, dtype)
+    p = plan.step_plan(t, coefficients, clip, noise, stream, dtype, shape)
     out_flat = as_flat("out", out)
     unused = cuda.device_array(1, dtype)
     per_block = values_per_block(dtype)
@@ -83,7 +89,7 @@ def _step(xt, model, t, coefficients, clip, out, x0_out, noise, stream, noise_ou
         *(cuda.to_device(c) for c in p.coefficients), p.limit, out_flat.size // p.rows, out_flat,
         as_flat("x0", x0_out) if x0_out is not None else unused, x0_out is not None,
         as_flat("noise", noise_out) if noise_out is not None else unused, noise_out is not None,
-        per_block, *p.state,
+        per_block, *on_device(p.state),
     )
 
 

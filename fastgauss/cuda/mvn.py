@@ -21,9 +21,9 @@ from fastgauss._checks import shape_dtype
 from fastgauss._device import mvn as _mvn
 from fastgauss._plans import mvn as plan
 from fastgauss._plans.mvn import NO_FAILURE, geometry
-from fastgauss._plans.stream import values_per_block, words
+from fastgauss._plans.stream import kernel_state, values_per_block, words
 from fastgauss.cuda import _numba_view
-from fastgauss.cuda.random import launch_config, normals, standard_normal
+from fastgauss.cuda.random import launch_config, normals, on_device, standard_normal, stream_slot
 
 _d = _device.compile_for(cuda.jit(device=True), _mvn)
 _operand_index = _d.operand_index
@@ -64,22 +64,23 @@ def _cholesky_global(a, upper, tol, work, out, status):
 
 
 @cuda.jit(device=True)
-def _vector_normals(eps, d, e, per_block, k0, k1, o0, o1, o2, o3):
-    """eps[0 .. d-1] = stream elements e .. e + d - 1 (the Philox blocks holding them)."""
-    i = 0
-    while i < d:
-        block = (e + i) // per_block
-        values = normals(per_block, o0, o1, o2, o3, k0, k1, block)
-        lane = e + i - block * per_block
-        while lane < per_block and i < d:
-            eps[i] = values[lane]
-            lane += 1
-            i += 1
+def _vector_normals(eps, d, e, per_block, k0, k1, o0, o1, o2, o3, base, run, extents, strides):
+    """eps[0 .. d-1] = the stream values of local elements e .. e + d - 1 (global elements
+    window_index(e + i): stream_slot; the Philox blocks holding them)."""
+    held = np.int64(-1)
+    values = (0.0, 0.0, 0.0, 0.0)
+    for i in range(d):
+        block, lane = stream_slot(np.int64(e + i), per_block, base, run, extents, strides)
+        if block != held:
+            values = normals(per_block, o0, o1, o2, o3, k0, k1, block)
+            held = block
+        eps[i] = values[lane]
 
 
 @cuda.jit(cache=True)
 def _sample_local(
-    mean, mat, factor, tol, shape, mean_strides, mat_strides, nbatch, noise, generate, per_block, k0, k1, o0, o1, o2, o3, dims, out, status
+    mean, mat, factor, tol, shape, mean_strides, mat_strides, nbatch, noise, generate, per_block, k0, k1, o0, o1, o2, o3,
+    base, run, extents, strides, dims, out, status
 ):
     """out (flat) = mean + L eps per vector n (batch index n % nbatch), one thread per vector."""
     L = cuda.local.array((1, MAX_LOCAL_D, MAX_LOCAL_D), np.float64)
@@ -96,7 +97,7 @@ def _sample_local(
             if code > 0:
                 continue
         if generate:
-            _vector_normals(eps, d, v * d, per_block, k0, k1, o0, o1, o2, o3)
+            _vector_normals(eps, d, v * d, per_block, k0, k1, o0, o1, o2, o3, base, run, extents, strides)
             if factor:
                 _tril_apply(L, 0, d, mean, m, eps, 0, out, v * d)
             else:
@@ -300,7 +301,7 @@ def mvn_sample(mean, cov, scale_tril, batch, noise, out, *, fresh, stream, tol):
     out_flat = _view("out", target, (vectors * d,))
     if d > MAX_LOCAL_D:
         if noise is None:
-            standard_normal(out_flat, *stream)  # the stream, in place, then x = mean + L x
+            standard_normal(target, *stream)  # the stream, in place (out_flat is its view), then x = mean + L x
             eps = out_flat
         else:
             eps = _view("noise", noise, (vectors * d,))
@@ -311,7 +312,7 @@ def mvn_sample(mean, cov, scale_tril, batch, noise, out, *, fresh, stream, tol):
     codes = cuda.device_array(mat.shape[0] if fused else 1, np.int32)
     _launch(
         _sample_local, vectors, mean_2d, mat, fused, tol, *geometry_arrays, nbatch, noise_flat, generate, values_per_block(dtype),
-        *words(*(stream if generate else (0, 0))), dims(d), out_flat, codes,
+        *on_device(kernel_state(stream if generate else None, shape)), dims(d), out_flat, codes,
     )
     status = plan.record_fused(TARGET, factors, ["cov"], [codes])
     if not plan.any_failed(status) and target is not out:
@@ -639,7 +640,7 @@ def mvn_sample_vjp(cotangent, mean, cov, scale_tril, batch, noise, *, stream, gr
         partials = cuda.device_array((items, d, d), np.float64) if want_matrix and not direct else _unused((d, d))
         args = (
             cot, mat, cov is not None, _unused((), dtype) if generate else _view("noise", noise, (vectors * d,)), generate,
-            values_per_block(dtype), *words(*(stream if generate else (0, 0))), cuda.to_device(geometry_shape), cuda.to_device(kept),
+            values_per_block(dtype), *words(*(tuple(stream)[:2] if generate else (0, 0))), cuda.to_device(geometry_shape), cuda.to_device(kept),
             per_element, parts, want_matrix, grad_noise is not None,
             _view("grad_noise", grad_noise, (vectors * d,)) if grad_noise is not None else _unused((), dtype), partials,
             _matrices(matrix_name, grad_matrix) if want_matrix and direct else _unused((d, d), dtype), codes,

@@ -8,8 +8,9 @@ import numpy as np
 from numba import cuda
 
 from fastgauss import _device
+from fastgauss._checks import shape_dtype
 from fastgauss._device import random as _random
-from fastgauss._plans.stream import values_per_block, words
+from fastgauss._plans.stream import kernel_state, values_per_block
 from fastgauss.cuda import THREADS, as_flat
 
 _d = _device.compile_for(cuda.jit(device=True), _random)
@@ -19,6 +20,7 @@ _box_muller64 = _d.box_muller64
 _uniform32 = _d.uniform32
 _uniform64 = _d.uniform64
 _philox4x32_10 = _d.philox4x32_10
+window_index = _d.window_index
 
 MAX_BLOCKS = 4096  # CUDA blocks of a launch; grid-stride loops cover larger outputs
 
@@ -40,6 +42,16 @@ def normals(per_block, o0, o1, o2, o3, k0, k1, j):
 
 
 @cuda.jit(device=True)
+def stream_slot(e, per_block, base, run, extents, strides):
+    """(stream block, lane) of local element e: those of its global index (window_index), with
+    no integer division for the elements of the first run (all of them for a whole array)."""
+    g = base + e if e < run else window_index(e, base, run, extents, strides)
+    shift = np.int64(2) if per_block == 4 else np.int64(1)
+    b = g >> shift
+    return b, g - (b << shift)
+
+
+@cuda.jit(device=True)
 def uniforms(per_block, o0, o1, o2, o3, k0, k1, j):
     w0, w1, w2, w3 = _block(o0, o1, o2, o3, k0, k1, np.uint64(j))
     if per_block == 4:
@@ -48,38 +60,51 @@ def uniforms(per_block, o0, o1, o2, o3, k0, k1, j):
 
 
 @cuda.jit(cache=True)
-def _fill(out, normal, per_block, k0, k1, o0, o1, o2, o3):
+def _fill(out, normal, per_block, k0, k1, o0, o1, o2, o3, base, run, extents, strides):
+    """One thread per group of per_block local elements; local element e takes the value of
+    global element window_index(e) (itself for a whole array: one stream block a group)."""
     n = out.size
     for j in range(cuda.grid(1), (n + per_block - 1) // per_block, cuda.gridsize(1)):
-        if normal:
-            values = normals(per_block, o0, o1, o2, o3, k0, k1, j)
-        else:
-            values = uniforms(per_block, o0, o1, o2, o3, k0, k1, j)
+        held = np.int64(-1)  # the stream block in values
+        values = (0.0, 0.0, 0.0, 0.0)
         for lane in range(per_block):
             e = j * per_block + lane
             if e < n:
-                out[e] = values[lane]  # float32 values round-trip through float64 exactly
+                b, slot = stream_slot(np.int64(e), per_block, base, run, extents, strides)
+                if b != held:
+                    if normal:
+                        values = normals(per_block, o0, o1, o2, o3, k0, k1, b)
+                    else:
+                        values = uniforms(per_block, o0, o1, o2, o3, k0, k1, b)
+                    held = b
+                out[e] = values[slot]  # float32 values round-trip through float64 exactly
 
 
-def _launch_fill(out, normal, key, offset):
+def on_device(state):
+    """A kernel_state with the window's arrays copied to the device: the CUDA kernels' stream arguments."""
+    return state[:8] + (cuda.to_device(state[8]), cuda.to_device(state[9]))
+
+
+def _launch_fill(out, normal, key, offset, window):
+    shape, _ = shape_dtype(out)
     flat = as_flat("out", out)
     per_block = values_per_block(flat.dtype)
     blocks, threads = launch_config(-(-flat.size // per_block))
-    _fill[blocks, threads](flat, normal, per_block, *words(key, offset))
+    _fill[blocks, threads](flat, normal, per_block, *on_device(kernel_state((key, offset, window), shape)))
 
 
-def standard_normal(out, key, offset):
-    _launch_fill(out, True, key, offset)
+def standard_normal(out, key, offset, window):
+    _launch_fill(out, True, key, offset, window)
 
 
-def random(out, key, offset):
-    _launch_fill(out, False, key, offset)
+def random(out, key, offset, window):
+    _launch_fill(out, False, key, offset, window)
 
 
-def normal(out, key, offset, loc, scale):
+def normal(out, key, offset, window, loc, scale):
     """loc + scale z in place; loc and scale are scalars on the GPU."""
     if out.size:
-        _launch_fill(out, True, key, offset)
+        _launch_fill(out, True, key, offset, window)
     scale_shift(out, scale, loc)
 
 

@@ -18,7 +18,7 @@ def _per_sample(table, t, dtype, ndim):
 def q_sample(x0, t, schedule, noise, out, noise_out, stream):
     """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, with the tables cast to out.dtype.
 
-    noise None: draw it from ``stream`` = (key, offset) as standard_normal would, and
+    noise None: draw it from ``stream`` = (key, offset, window) as standard_normal would, and
     write it to ``noise_out`` when given.
     """
     if noise is None:

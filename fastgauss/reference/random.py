@@ -19,12 +19,13 @@ block i // 4, of a float64 result from block i // 2:
   ((w2 >> 11) 2**32 + w3) 2**-53; (r cos theta, r sin theta).
 
 A call producing n values uses ceil(n / per_block) blocks and advances the offset by
-that many.
+that many. With a window (fastgauss._plans.stream.Window) ``out`` is one block of a
+larger array: each of its elements takes the value of its global C-order index there.
 """
 
 import numpy as np
 
-from fastgauss._plans.stream import blocks_needed
+from fastgauss._plans.stream import values_per_block
 
 M0, M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
 W0, W1 = np.uint64(0x9E3779B9), np.uint64(0xBB67AE85)
@@ -50,9 +51,9 @@ def philox4x32_10(counters, keys, out):
     out[...] = philox4x32_10_words(c, k)
 
 
-def blocks(key, offset, count):
-    """The words of stream blocks 0..count-1 after ``offset``: uint64 array (count, 4)."""
-    index = np.arange(count, dtype=np.uint64)
+def blocks(key, offset, index):
+    """The words of stream blocks ``index`` (a uint64 array) after ``offset``: uint64 array (len(index), 4)."""
+    count = index.size
     o0, o1, o2, o3 = (np.uint64((offset >> (32 * i)) & 0xFFFFFFFF) for i in range(4))
     low = o0 + (index & MASK)  # offset + index in 32-bit limbs, with carries
     mid = o1 + (index >> np.uint64(32)) + (low >> np.uint64(32))
@@ -62,28 +63,54 @@ def blocks(key, offset, count):
     return philox4x32_10_words(counters, np.broadcast_to(k, (count, 2)))
 
 
-def random(out, key, offset):
-    words = blocks(key, offset, blocks_needed(out.size, out.dtype))
-    if out.dtype == np.float32:
-        values = (words >> np.uint64(8)).astype(np.float32) * np.float32(2.0**-24)
-    else:
-        high, low = words[:, 0::2] >> np.uint64(5), words[:, 1::2] >> np.uint64(6)
-        values = (high.astype(np.float64) * 2.0**26 + low.astype(np.float64)) * 2.0**-53
-    out.reshape(-1)[...] = values.reshape(-1)[: out.size]
+def global_positions(shape, window):
+    """The global C-order index of each element of a block of ``shape`` (flat, C order)."""
+    if window is None:
+        return np.arange(int(np.prod(shape)), dtype=np.uint64)
+    grids = np.meshgrid(*(o + np.arange(n) for o, n in zip(window.origin, shape)), indexing="ij")
+    return np.ravel_multi_index([g.reshape(-1) for g in grids], window.shape).astype(np.uint64).reshape(-1)
 
 
-def normal(out, key, offset, loc, scale):
+def _fill_from_blocks(out, key, offset, window, values_of):
+    """Each element of out: lane (global index % values per block) of the values (blocks, lanes)
+    that ``values_of(words, dtype)`` makes of the stream block (global index // values per block)."""
+    if out.size == 0:
+        return
+    per_block = np.uint64(values_per_block(out.dtype))
+    position = global_positions(out.shape, window)
+    needed, which = np.unique(position // per_block, return_inverse=True)
+    values = values_of(blocks(key, offset, needed), out.dtype)
+    out.reshape(-1)[...] = values[which.reshape(-1), (position % per_block).astype(np.intp)]
+
+
+def random(out, key, offset, window):
+    _fill_from_blocks(out, key, offset, window, _uniforms)
+
+
+def _uniforms(words, dtype):
+    """The uniforms of each block of ``words``: (blocks, values per block) of ``dtype``."""
+    if dtype == np.float32:
+        return (words >> np.uint64(8)).astype(np.float32) * np.float32(2.0**-24)
+    high, low = words[:, 0::2] >> np.uint64(5), words[:, 1::2] >> np.uint64(6)
+    return (high.astype(np.float64) * 2.0**26 + low.astype(np.float64)) * 2.0**-53
+
+
+def normal(out, key, offset, window, loc, scale):
     """loc + scale z in place, z the standard normals of the same stream; loc and scale are
     arrays of out's dtype that broadcast to out."""
     if out.size:
-        standard_normal(out, key, offset)
+        standard_normal(out, key, offset, window)
     out *= scale
     out += loc
 
 
-def standard_normal(out, key, offset):
-    words = blocks(key, offset, blocks_needed(out.size, out.dtype))
-    if out.dtype == np.float32:
+def standard_normal(out, key, offset, window):
+    _fill_from_blocks(out, key, offset, window, _normals)
+
+
+def _normals(words, dtype):
+    """Box-Muller on each block of ``words``: (blocks, values per block), float64."""
+    if dtype == np.float32:
         # u and the turn fraction are float32 values, rounded as the kernels round them
         u = (words[:, 0::2] >> np.uint64(1)).astype(np.float32) * np.float32(2.0**-31) + np.float32(2.0**-32)
         turn = (words[:, 1::2] >> np.uint64(8)).astype(np.float32) * np.float32(2.0**-24)
@@ -93,4 +120,4 @@ def standard_normal(out, key, offset):
     radius = np.sqrt(-2.0 * np.log(u.astype(np.float64)))
     theta = 2 * np.pi * turn.astype(np.float64)
     normals = np.stack([radius * np.cos(theta), radius * np.sin(theta)], axis=-1)  # (blocks, pairs, 2)
-    out.reshape(-1)[...] = normals.reshape(-1)[: out.size]
+    return normals.reshape(len(words), -1)

@@ -1,0 +1,427 @@
+"""Dask arrays in, lazy Dask arrays out: every op, block by block, by the same kernels.
+
+``fastgauss._dispatch.adapts`` hands a public op called with a dask.array argument to
+``call``; ``Generator.standard_normal/normal/random(..., chunks=)`` come through
+``generator_array``. The graph is built now (argument errors that shapes and dtypes
+can show are raised here, before anything runs); each block is one call of the public
+op on NumPy (or CuPy) blocks, in whichever worker runs it.
+
+- Elementwise ops keep their inputs' chunks (arguments with other chunks are unified,
+  as Dask's elementwise operations do); timesteps ``t`` may be an int, a NumPy array
+  (B,) or a Dask array (B,), which follows the chunks of the batch axis.
+- reduce="sum"/"mean" (the KL family): each block is reduced by the fused kernel to
+  its per-sample partial sums, and the partials are combined by Dask's tree reduction
+  in float64 (fixed order for a given chunking: bitwise identical run to run).
+- The mvn ops need the trailing d (and d x d) axes in one chunk (a ValueError says so).
+- Noise drawn from ``rng`` (q_sample, ddpm_step, ddim_step, mvn_sample, the Generator
+  methods) is reserved once, now, for the whole array, exactly as the in-memory call
+  reserves it; each block draws the values of its own global positions
+  (fastgauss._plans.stream.BlockStream), so the result is bitwise the in-memory call's
+  for any chunking, scheduler and number of workers.
+- ``out=`` is not supported (the result is a new lazy array). A result that is a tuple
+  (return_noise, return_x0, q_posterior) is a tuple of Dask arrays, each its own graph:
+  computing two of them runs the op twice per block.
+"""
+
+import functools
+import inspect
+import numbers
+import string
+
+import dask.array as da
+import numpy as np
+
+from fastgauss import _checks
+from fastgauss._plans.stream import BlockStream, Window, as_stream, blocks_needed
+from fastgauss.kl import REDUCTIONS
+from fastgauss.random import Generator, _sample_dtype
+
+# The array arguments of each op and how they are shaped: "same" (one shape, elementwise),
+# "broadcast" (NumPy broadcasting, elementwise or reduced per sample), or the mvn layouts.
+DIFFUSION = {
+    "q_sample": ("x0", "noise"),
+    "q_posterior": ("x0", "xt"),
+    "predict_x0": ("xt", "eps"),
+    "predict_eps": ("xt", "x0"),
+    "predict_v": ("x0", "eps"),
+    "v_to_x0": ("xt", "v"),
+    "v_to_eps": ("xt", "v"),
+    "posterior_mean_from_eps": ("xt", "eps"),
+    "ddpm_step": ("model_output", "xt", "noise"),
+    "ddim_step": ("model_output", "xt", "noise"),
+}
+KL = {
+    "normal_kl": ("mean1", "logvar1", "mean2", "logvar2"),
+    "normal_logpdf": ("x", "mean", "logvar"),
+    "discretized_gaussian_log_likelihood": ("x", "means", "log_scales"),
+}
+# mvn: argument -> number of trailing axes that must be one chunk (d, or d x d)
+MVN = {
+    "cholesky": {"a": 2},
+    "mvn_sample": {"mean": 1, "cov": 2, "scale_tril": 2, "noise": 1},
+    "mvn_logpdf": {"x": 1, "mean": 1, "cov": 2, "scale_tril": 2},
+    "mvn_kl": {"mean1": 1, "cov1": 2, "mean2": 1, "cov2": 2},
+}
+LETTERS = string.ascii_lowercase
+
+
+def call(op, args, kwargs):
+    """Run the public op ``op`` (called with ``args``, ``kwargs``, one argument a Dask array) lazily."""
+    arguments = inspect.signature(op).bind(*args, **kwargs)
+    arguments.apply_defaults()
+    params = dict(arguments.arguments)
+    if params.get("out") is not None:
+        raise TypeError(f"{op.__name__}: out= is not supported with Dask arrays (the result is a new lazy array)")
+    name = op.__name__
+    if name in DIFFUSION:
+        return _diffusion(op, params)
+    if name in KL:
+        return _kl(op, params)
+    if name == "philox4x32_10":
+        return _philox(op, params)
+    return _mvn(op, params)
+
+
+# --- blocks ---------------------------------------------------------------------------------
+
+
+def _as_dask(name, x):
+    if _checks.is_dask_array(x):
+        return x
+    x = _checks.data_array(name, x, on_device=False)
+    return da.from_array(x, chunks=x.shape or ())
+
+
+def _positions(shape, chunks):
+    """One arange per axis, chunked like the output: a block's first entries are its origin."""
+    return [da.arange(n, chunks=(c,)) for n, c in zip(shape, chunks)]
+
+
+def _origin(rank, axes, positions):
+    """A block's first index: from the position blocks of ``axes``, 0 on the other axes."""
+    origin = [0] * rank
+    for axis, p in zip(axes, positions):
+        origin[axis] = int(p[0]) if p.size else 0
+    return tuple(origin)
+
+
+def _run_block(op, names, constants, stream, pick, *blocks):
+    """One block: ``op(**{names: blocks}, **constants)``. With ``stream`` = (key, offset, the
+    whole output's shape, the axes it is chunked along), the last blocks are the position
+    blocks of those axes, and rng is the block's BlockStream."""
+    if stream is not None:
+        key, offset, shape, axes = stream
+        blocks, positions = blocks[: len(blocks) - len(axes)], blocks[len(blocks) - len(axes) :]
+        constants = dict(constants, rng=BlockStream(key, offset, Window(shape, _origin(len(shape), axes, positions))))
+    result = op(**dict(zip(names, blocks)), **constants)
+    return result if pick is None else result[pick]
+
+
+def _blockwise(op, out_index, inputs, constants, dtype, stream=None, pick=None, **options):
+    """da.blockwise of _run_block over ``inputs`` [(name, dask array, index)]. ``stream`` =
+    (key, offset, output shape, output axes chunked, their chunks) draws noise in the blocks."""
+    names = [name for name, _, _ in inputs]
+    pairs = [item for _, array, index in inputs for item in (array, index)]
+    if stream is not None:
+        key, offset, shape, axes, chunks = stream
+        for axis, positions in zip(axes, _positions([shape[a] for a in axes], chunks)):
+            pairs += [positions, out_index[axis]]
+        stream = (key, offset, shape, tuple(axes))
+    function = functools.partial(_run_block, op, names, constants, stream, pick)
+    return da.blockwise(
+        function, out_index, *pairs, token=op.__name__, dtype=dtype, meta=np.empty((0,) * len(out_index), dtype),
+        concatenate=True, **options,
+    )
+
+
+# --- diffusion ------------------------------------------------------------------------------
+
+
+def _timesteps(name, t, schedule, shape, batch_chunks):
+    """A scalar t as an int; an array t as a Dask array (B,) chunked like the batch axis."""
+    if t is None or isinstance(t, (numbers.Number, np.generic)) or (not _checks.is_dask_array(t) and np.ndim(t) == 0):
+        return _checks.timesteps(t, schedule.num_timesteps, shape, name=name, low=-1 if name == "t_prev" else 0)
+    if not _checks.is_dask_array(t):
+        values = _checks.timesteps(t, schedule.num_timesteps, shape, name=name, low=-1 if name == "t_prev" else 0)
+        return da.from_array(values, chunks=(batch_chunks,))
+    if np.dtype(t.dtype).kind not in "iu":
+        raise TypeError(f"{name} must be an integer or an integer array; got an array of dtype {t.dtype}")
+    if t.ndim != 1 or len(shape) == 0 or t.shape[0] != shape[0]:
+        raise ValueError(f"{name} must be a scalar or have shape (B,) = ({shape[0] if shape else '?'},); got shape {t.shape}")
+    return t.rechunk((batch_chunks,))  # values are checked in the blocks, when they are known
+
+
+def _diffusion(op, params):
+    name = op.__name__
+    schedule = _checks.schedule(params["schedule"])
+    present = [n for n in DIFFUSION[name] if params.get(n) is not None]
+    arrays = {n: _as_dask(n, params[n]) for n in present}
+    first = present[0] if name not in ("ddpm_step", "ddim_step") else "xt"
+    shape = arrays[first].shape
+    for n in present:
+        _checks.same_shape(n, arrays[n].shape, first, shape)
+    dtype = _checks.result_dtype(**{n: np.dtype(a.dtype) for n, a in arrays.items()})
+    index = LETTERS[: len(shape)]
+    chunkss, unified = da.core.unify_chunks(*[item for n in present for item in (arrays[n], index)])
+    arrays = dict(zip(present, unified))
+    inputs = [(n, arrays[n], index) for n in present]
+    batch_chunks = chunkss[index[0]] if shape else None
+    constants = {k: v for k, v in params.items() if k not in present and k not in ("t", "t_prev", "out")}
+    for time_name in ("t", "t_prev"):
+        if time_name in params:
+            t = _timesteps(time_name, params[time_name], schedule, shape, batch_chunks)
+            if _checks.is_dask_array(t):
+                inputs.append((time_name, t, index[:1]))
+            else:
+                constants[time_name] = t
+    stream = None
+    draws = params.get("noise") is None and (name in ("q_sample", "ddpm_step") or (name == "ddim_step" and params["eta"] > 0))
+    if name == "ddim_step":
+        eta = params["eta"]
+        if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not eta >= 0:
+            raise ValueError(f"eta must be a number >= 0; got {eta!r}")
+    if "noise" in present and params.get("rng") is not None:
+        raise ValueError("pass either noise or rng, not both")
+    if draws:
+        key, offset, _ = as_stream(params.get("rng")).reserve(blocks_needed(_checks.size(shape), dtype))
+        stream = (key, offset, tuple(shape), range(len(shape)), tuple(chunkss[i] for i in index))
+        constants["rng"] = None
+    elif "rng" in constants:
+        constants["rng"] = None  # ddim_step with eta = 0 draws nothing: the in-memory call does not advance rng
+    if name == "q_posterior":
+        return _q_posterior(op, inputs, constants, dtype, index, shape, schedule)
+    picks = [None]
+    if params.get("return_noise") or params.get("return_x0"):
+        picks = [0, 1]
+    results = [_blockwise(op, index, inputs, constants, dtype, stream, pick) for pick in picks]
+    return results[0] if picks == [None] else tuple(results)
+
+
+def _q_posterior(op, inputs, constants, dtype, index, shape, schedule):
+    mean = _blockwise(op, index, inputs, constants, dtype, pick=0)
+    ndim = len(shape)
+    if not any(n == "t" for n, _, _ in inputs):  # a scalar t: variances from a one-element call
+        one = np.zeros((1,) * ndim, dtype)
+        _, variance, log_variance = op(one, one, constants["t"], schedule, backend=constants.get("backend"))
+        return mean, da.from_array(variance, chunks=()), da.from_array(log_variance, chunks=())
+    t_array = next(a for n, a, _ in inputs if n == "t")
+    tables = []
+    for pick in (1, 2):
+        tables.append(
+            da.map_blocks(
+                _per_sample_table, t_array, op, schedule, ndim, dtype, pick, constants.get("backend"),
+                dtype=dtype, chunks=(t_array.chunks[0],) + ((1,),) * (ndim - 1), new_axis=list(range(1, ndim)),
+            )
+        )
+    return (mean, *tables)
+
+
+def _per_sample_table(t, op, schedule, ndim, dtype, pick, backend):
+    """q_posterior's variance or log variance (b, 1, ..., 1) for the timesteps of one block."""
+    one = np.zeros((len(t),) + (1,) * (ndim - 1), dtype)
+    return op(one, one, t, schedule, backend=backend)[pick]
+
+
+# --- the KL family: broadcasting, elementwise or reduced per sample -------------------------------
+
+
+def _kl(op, params):
+    name = op.__name__
+    reduce = params["reduce"]
+    if not (reduce is None or isinstance(reduce, str) and reduce in REDUCTIONS):
+        raise ValueError(f"reduce must be None, 'mean' or 'sum'; got {reduce!r}")
+    arrays, shapes, dtypes, constants = {}, {}, {}, {}
+    for n in KL[name]:
+        value = params[n]
+        if isinstance(value, numbers.Number) and not isinstance(value, np.generic):
+            constants[n] = value
+            continue
+        arrays[n] = _as_dask(n, value)
+        shapes[n], dtypes[n] = arrays[n].shape, np.dtype(arrays[n].dtype)
+    shape = _checks.broadcast_shape(**shapes, **{n: () for n in constants})
+    dtype = _checks.result_dtype(**dtypes) if dtypes else np.dtype(np.float64)
+    if reduce is not None and len(shape) == 0:
+        raise ValueError(f"reduce={reduce!r} reduces over every axis but the first, so the arguments need at least one axis")
+    constants.update({k: v for k, v in params.items() if k not in KL[name] and k not in ("out", "reduce")})
+    if "bins" in constants:
+        op(0.0, 0.0, 0.0, bins=constants["bins"], backend="numpy")  # bins errors now, not in a worker
+    index = LETTERS[: len(shape)]
+    inputs = [(n, a, index[len(shape) - a.ndim :]) for n, a in arrays.items()]
+    if reduce is None:
+        return _blockwise(op, index, inputs, constants, dtype)
+    # per block: the per-sample partial sums (b,), shaped (b, 1, ..., 1); then a tree sum in float64
+    partials = _blockwise(
+        _PartialSums(op), index, inputs, constants, dtype, adjust_chunks={i: 1 for i in index[1:]},
+    )
+    total = partials.sum(axis=tuple(range(1, len(shape))), dtype=np.float64)
+    if reduce == "mean":
+        total = total / _checks.size(shape[1:])
+    return total.astype(dtype)
+
+
+class _PartialSums:
+    """op(..., reduce="sum") on one block, shaped (b, 1, ..., 1) like the block's rank."""
+
+    def __init__(self, op):
+        self.op = op
+        self.__name__ = op.__name__
+
+    def __call__(self, **kwargs):
+        arrays = [v for k, v in kwargs.items() if isinstance(v, np.ndarray)]
+        ndim = max((a.ndim for a in arrays), default=0)
+        sums = self.op(**dict(kwargs, reduce="sum"))
+        return sums.reshape(sums.shape + (1,) * (ndim - 1))
+
+
+# --- mvn: the trailing d (and d x d) axes in one chunk ----------------------------------------------
+
+
+def _mvn(op, params):
+    name = op.__name__
+    layout = MVN[name]
+    arrays = {}
+    for n, trailing in layout.items():
+        value = params.get(n)
+        if value is None:
+            continue
+        array = _as_dask(n, value)
+        if array.ndim < trailing:
+            raise ValueError(f"{n} must have at least {trailing} axes; got shape {array.shape}")
+        split = [a for a in range(array.ndim - trailing, array.ndim) if len(array.chunks[a]) > 1]
+        if split:
+            raise ValueError(
+                f"{name} needs the trailing {'(d, d)' if trailing == 2 else '(d,)'} axes of {n} in one chunk; "
+                f"{n} has chunks {array.chunks} (rechunk, e.g. {n}.rechunk({{{', '.join(f'{a}: -1' for a in split)}}}))"
+            )
+        arrays[n] = array
+    constants = {k: v for k, v in params.items() if k not in layout and k != "out"}
+    if name == "cholesky":
+        a = arrays["a"]
+        index = LETTERS[: a.ndim]
+        return _blockwise(op, index, [("a", a, index)], constants, _checks.result_dtype(a=np.dtype(a.dtype)))
+    if name == "mvn_sample" and (params.get("cov") is None) == (params.get("scale_tril") is None):
+        raise ValueError("pass exactly one of cov and scale_tril")
+    vectors = [n for n, k in layout.items() if k == 1 and n in arrays]
+    matrices = [n for n, k in layout.items() if k == 2 and n in arrays]
+    d = arrays[vectors[0]].shape[-1]
+    for n in vectors + matrices:
+        if arrays[n].shape[-1] != d or (layout[n] == 2 and arrays[n].shape[-2] != d):
+            raise ValueError(f"{n} must end in {'(d, d)' if layout[n] == 2 else '(d,)'} with d = {d}; got shape {arrays[n].shape}")
+    batch = _checks.broadcast_shape(**{n: arrays[n].shape[: arrays[n].ndim - layout[n]] for n in arrays if n != "noise"})
+    dtype = _checks.result_dtype(**{n: np.dtype(a.dtype) for n, a in arrays.items()})
+    if name == "mvn_sample":
+        return _mvn_sample(op, params, arrays, constants, batch, d, dtype)
+    letters = LETTERS[: len(batch)]
+    inputs = []
+    for n, a in arrays.items():
+        own = a.ndim - layout[n]
+        inputs.append((n, a, letters[len(batch) - own :] + ("y" if layout[n] == 1 else "yz")))
+    return _blockwise(op, letters, inputs, constants, dtype)
+
+
+def _mvn_sample(op, params, arrays, constants, batch, d, dtype):
+    noise = arrays.get("noise")
+    if noise is not None:
+        if params.get("rng") is not None:
+            raise ValueError("pass either noise or rng, not both")
+        tail = batch + (d,)
+        if noise.shape[noise.ndim - len(tail) :] != tail:
+            raise ValueError(f"noise must have shape sample + batch + (d,) = (...) + {tail}; got {noise.shape}")
+        sample = noise.shape[: noise.ndim - len(tail)]
+    else:
+        sample = () if params.get("size") is None else _checks.sample_shape(params["size"])
+    shape = sample + batch + (d,)
+    sample_letters, batch_letters = LETTERS[: len(sample)], LETTERS[len(sample) : len(sample) + len(batch)]
+    out_index = sample_letters + batch_letters + "y"
+    inputs = []
+    for n, a in arrays.items():
+        if n == "noise":
+            inputs.append((n, a, out_index))
+            continue
+        own = a.ndim - MVN["mvn_sample"][n]
+        inputs.append((n, a, batch_letters[len(batch) - own :] + ("y" if n == "mean" else "yz")))
+    constants.pop("size", None)
+    new_axes = {}
+    if noise is None:
+        constants["size"] = sample
+        new_axes = {letter: n for letter, n in zip(sample_letters, sample)}
+        if batch_letters:  # the batch chunks the inputs give the output
+            chunkss, _ = da.core.unify_chunks(*[item for _, a, i in inputs for item in (a, i)])
+            chunks = tuple(chunkss.get(letter, (n,)) for letter, n in zip(batch_letters, batch))
+        else:
+            chunks = ()
+        key, offset, _ = as_stream(params.get("rng")).reserve(blocks_needed(_checks.size(shape), dtype))
+        constants["rng"] = None
+        stream = (key, offset, tuple(shape), range(len(sample), len(sample) + len(batch)), chunks)
+        return _blockwise(op, out_index, inputs, constants, dtype, stream, new_axes=new_axes)
+    return _blockwise(op, out_index, inputs, constants, dtype)
+
+
+def _philox(op, params):
+    """Raw Philox blocks: the leading axes broadcast and keep their chunks; the word axes
+    (4 counter words, 2 key words) are made one chunk."""
+    arrays = {}
+    for n, width in (("counters", 4), ("keys", 2)):
+        a = _as_dask(n, params[n])
+        if a.ndim == 0 or a.shape[-1] != width:
+            raise ValueError(f"{n} must have shape (..., {width}); got {a.shape}")
+        arrays[n] = a.rechunk({a.ndim - 1: -1})
+    lead = _checks.broadcast_shape(**{n: a.shape[:-1] for n, a in arrays.items()})
+    letters = LETTERS[: len(lead)]
+    inputs = [(n, a, letters[len(lead) - a.ndim + 1 :] + ("w" if n == "counters" else "z")) for n, a in arrays.items()]
+    return _blockwise(op, letters + "w", inputs, {"backend": params["backend"]}, np.dtype(np.uint32))
+
+
+# --- Generator methods with chunks= ---------------------------------------------------------------
+
+
+class _BlockGenerator(BlockStream, Generator):
+    """A Generator that draws one block of a larger call's array (fastgauss._plans.stream.BlockStream)."""
+
+
+def _generator_block(method, dtype, backend, key, offset, shape, *blocks):
+    """Run ``method`` of a block generator on the block whose position arrays are the last blocks."""
+    positions = blocks[len(blocks) - len(shape) :]
+    loc_scale = blocks[: len(blocks) - len(shape)]
+    origin = tuple(int(p[0]) if p.size else 0 for p in positions)
+    size = tuple(p.size for p in positions)
+    generator = _BlockGenerator(key, offset, Window(shape, origin))
+    if method == "normal":
+        loc, scale = loc_scale
+        return generator.normal(loc, scale, size=size, dtype=dtype, backend=backend)
+    return getattr(generator, method)(size=size, dtype=dtype, backend=backend)
+
+
+def generator_array(generator, method, size, dtype, out, chunks, backend, loc=None, scale=None):
+    """``generator.<method>(size, dtype, chunks=chunks)``: a lazy dask.array; the generator advances now."""
+    if out is not None:
+        raise TypeError(f"{method}: pass either out or chunks, not both")
+    dtype = _sample_dtype(dtype, method)
+    operands = []
+    if method == "normal":
+        if not _checks.is_dask_array(scale) and np.any(np.asarray(scale) < 0):
+            raise ValueError("scale < 0")  # a Dask scale is checked in its blocks
+        loc, scale = (_as_dask(n, v) if not isinstance(v, numbers.Number) else v for n, v in (("loc", loc), ("scale", scale)))
+        loc_shape, scale_shape = np.shape(loc), np.shape(scale)
+        shape = np.broadcast_shapes(loc_shape, scale_shape) if size is None else _checks.sample_shape(size)
+        try:
+            np.broadcast_shapes(loc_shape, scale_shape, shape)
+        except ValueError:
+            raise ValueError(f"loc {loc_shape} and scale {scale_shape} do not broadcast to size {shape}") from None
+        operands = [loc, scale]
+    else:
+        shape = () if size is None else _checks.sample_shape(size)
+    shape = tuple(shape)
+    chunks = da.core.normalize_chunks(chunks, shape, dtype=dtype)
+    key, offset, _ = generator.reserve(blocks_needed(_checks.size(shape), dtype))
+    index = LETTERS[: len(shape)]
+    pairs = []
+    for v in operands:  # loc and scale: blocks aligned with the output's (they broadcast in the block)
+        v = da.asarray(v, dtype=dtype)
+        own = chunks[len(shape) - v.ndim :]
+        v = v.rechunk(tuple(c if n > 1 else (n,) for n, c in zip(v.shape, own)))
+        pairs += [v, index[len(shape) - v.ndim :]]
+    for letter, axis_positions in zip(index, _positions(shape, chunks)):
+        pairs += [axis_positions, letter]
+    function = functools.partial(_generator_block, method, dtype, backend, key, offset, shape)
+    return da.blockwise(function, index, *pairs, token=method, dtype=dtype, meta=np.empty((0,) * len(shape), dtype), concatenate=True)

@@ -1,0 +1,243 @@
+"""Dask arrays in, lazy Dask arrays out (issue 13), on real schedulers.
+
+Every result is compared with the in-memory call on the same data and generator state:
+bitwise for elementwise ops and for noise (several chunkings, including chunks of one
+element along the last axis, which split Box-Muller pairs and Philox blocks), within
+1e-12 (float64) / 1e-6 (float32) relative for per-sample reductions, which are also
+bitwise identical run to run. Schedulers: synchronous, threads, and dask.distributed's
+LocalCluster with 2 worker processes (started once for the module).
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+da = pytest.importorskip("dask.array", reason="dask[array] is not installed (pip install fastgauss[dask])")
+distributed = pytest.importorskip("distributed", reason="distributed is not installed (pip install fastgauss[dask])")
+
+import fastgauss  # noqa: E402
+
+SHAPE = (4, 3, 10)
+CHUNKINGS = [(4, 3, 10), (4, 3, 1), (3, 2, 3), (1, 3, 10)]  # whole; one element along the last axis; odd splits; samples
+SCHEDULE = fastgauss.NoiseSchedule.linear(100)
+T = np.array([0, 3, 50, 99])
+SCHEDULERS = ["synchronous", "threads", "distributed"]
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A LocalCluster with 2 worker processes (one thread each); the workers inherit
+    NUMBA_CACHE_DIR, so they load the kernels this process compiled."""
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    with distributed.Client(cluster) as c:
+        yield c
+    cluster.close()
+
+
+@pytest.fixture(params=SCHEDULERS)
+def compute(request):
+    """compute(*lazy arrays) -> NumPy results on one scheduler."""
+    if request.param == "distributed":
+        c = request.getfixturevalue("client")
+        return lambda *arrays: tuple(c.compute(list(arrays), sync=True))
+    import dask
+
+    return lambda *arrays: dask.compute(*arrays, scheduler=request.param)
+
+
+def data(dtype=np.float32, shape=SHAPE, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+def fresh(seed=7):
+    return fastgauss.default_rng(seed)
+
+
+# --- noise: bitwise chunking invariance, and the generator advances as in memory ---------------
+
+
+def test_generator_arrays_do_not_depend_on_chunking(compute):
+    expected, lazy = {}, []
+    for dtype in (np.float32, np.float64):
+        for method in ("standard_normal", "random", "normal"):
+            args = (0.5, np.linspace(1, 2, SHAPE[-1])) if method == "normal" else ()
+            g = fresh()
+            expected[method, dtype] = getattr(g, method)(*args, size=SHAPE, dtype=dtype)
+            state = g.state
+            for chunks in CHUNKINGS:
+                g = fresh()
+                x = getattr(g, method)(*args, size=SHAPE, dtype=dtype, chunks=chunks)
+                assert isinstance(x, da.Array) and x.chunks == da.core.normalize_chunks(chunks, SHAPE)
+                assert g.state == state  # advanced when the graph is built, exactly as in memory
+                lazy.append((method, dtype, chunks, x))
+    results = compute(*[x for *_, x in lazy])
+    for (method, dtype, chunks, _), result in zip(lazy, results):
+        assert result.dtype == dtype
+        np.testing.assert_array_equal(result, expected[method, dtype], err_msg=f"{method} {np.dtype(dtype)} chunks {chunks}")
+
+
+def test_noise_drawn_in_the_kernels_does_not_depend_on_chunking(compute):
+    x0 = data()
+    model = data(seed=1)
+    expected = {
+        "q_sample": fastgauss.q_sample(x0, T, SCHEDULE, rng=fresh(), return_noise=True),
+        "ddpm_step": fastgauss.ddpm_step(model, x0, T, SCHEDULE, rng=fresh()),
+        "ddim_step": fastgauss.ddim_step(model, x0, T, T - 1, SCHEDULE, eta=1.0, rng=fresh()),
+    }
+    lazy = []
+    for chunks in CHUNKINGS:
+        x0_d, model_d = da.from_array(x0, chunks=chunks), da.from_array(model, chunks=chunks)
+        t_d = da.from_array(T, chunks=(chunks[0],))  # t may be a Dask array chunked like the batch
+        g = fresh()
+        xt, noise = fastgauss.q_sample(x0_d, t_d, SCHEDULE, rng=g, return_noise=True)
+        assert g.state == fresh().state | {"counter": fastgauss.random.blocks_needed(x0.size, np.float32)}
+        assert xt.chunks == x0_d.chunks
+        lazy += [("q_sample", chunks, 0, xt), ("q_sample", chunks, 1, noise)]
+        lazy.append(("ddpm_step", chunks, None, fastgauss.ddpm_step(model_d, x0_d, T, SCHEDULE, rng=fresh())))
+        lazy.append(("ddim_step", chunks, None, fastgauss.ddim_step(model_d, x0_d, t_d, T - 1, SCHEDULE, eta=1.0, rng=fresh())))
+    results = compute(*[x for *_, x in lazy])
+    for (op, chunks, pick, _), result in zip(lazy, results):
+        want = expected[op] if pick is None else expected[op][pick]
+        np.testing.assert_array_equal(result, want, err_msg=f"{op} chunks {chunks}")
+
+
+def test_mvn_sample_noise_does_not_depend_on_chunking(compute):
+    rng = np.random.default_rng(3)
+    mean = rng.standard_normal((6, 3))
+    a = rng.standard_normal((6, 3, 3))
+    cov = a @ a.transpose(0, 2, 1) + np.eye(3)
+    expected = fastgauss.mvn_sample(mean, cov, size=2, rng=fresh())
+    lazy = []
+    for rows in (1, 4, 6):
+        g = fresh()
+        x = fastgauss.mvn_sample(da.from_array(mean, chunks=(rows, 3)), da.from_array(cov, chunks=(rows, 3, 3)), size=2, rng=g)
+        assert g.state["counter"] == fastgauss.random.blocks_needed(expected.size, np.float64)
+        lazy.append(x)
+    for result in compute(*lazy):
+        np.testing.assert_array_equal(result, expected)
+
+
+# --- reductions --------------------------------------------------------------------------------------
+
+
+def test_per_sample_reductions_match_in_memory_and_repeat_bitwise(compute):
+    lazy, expected = [], []
+    for dtype, rtol in ((np.float64, 1e-12), (np.float32, 1e-6)):
+        mean1, mean2 = data(dtype), data(dtype, seed=1)
+        logvar = (data(dtype, shape=SHAPE[1:], seed=2) * 0.1).astype(dtype)  # broadcast without the batch axis
+        calls = [
+            ("normal_kl", (mean1, logvar, mean2, 0.0)),
+            ("normal_logpdf", (mean1, mean2, logvar)),
+            ("discretized_gaussian_log_likelihood", (np.clip(mean1, -1, 1), mean2, logvar)),
+        ]
+        if dtype == np.float32:  # float32: one op (each op and dtype is one more kernel to compile)
+            calls = calls[:1]
+        for chunks in CHUNKINGS[1:3]:
+            for op, args in calls:
+                for reduce in ("mean", "sum"):
+                    dask_args = [da.from_array(a, chunks=chunks) if isinstance(a, np.ndarray) and a.ndim == 3 else a for a in args]
+                    lazy.append(getattr(fastgauss, op)(*dask_args, reduce=reduce))
+                    expected.append((op, chunks, reduce, rtol, getattr(fastgauss, op)(*args, reduce=reduce)))
+    first, second = compute(*lazy), compute(*lazy)
+    for (op, chunks, reduce, rtol, want), got, again in zip(expected, first, second):
+        assert got.dtype == want.dtype and got.shape == want.shape == (SHAPE[0],)
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=0, err_msg=f"{op} {reduce} {want.dtype} chunks {chunks}")
+        np.testing.assert_array_equal(got, again)  # the same graph sums in the same order
+
+
+# --- everything else: elementwise ops keep chunks and equal the in-memory call bitwise ---------------
+
+
+def test_elementwise_ops_keep_chunks_and_match():
+    x, y = data(), data(seed=1)
+    chunks = (3, 2, 3)
+    xd, yd = da.from_array(x, chunks=chunks), da.from_array(y, chunks=chunks)
+    for op in ("predict_x0", "predict_eps", "predict_v", "v_to_x0", "v_to_eps", "posterior_mean_from_eps"):
+        order = (lambda u, w: (u, w, T)) if op == "predict_v" else (lambda u, w: (u, T, w))  # predict_v(x0, eps, t, ...)
+        lazy = getattr(fastgauss, op)(*order(xd, y), SCHEDULE)
+        assert lazy.chunks == xd.chunks
+        np.testing.assert_array_equal(lazy.compute(scheduler="synchronous"), getattr(fastgauss, op)(*order(x, y), SCHEDULE), err_msg=op)
+    for lazy_part, part in zip(fastgauss.q_posterior(xd, yd, 5, SCHEDULE), fastgauss.q_posterior(x, y, 5, SCHEDULE)):
+        np.testing.assert_array_equal(lazy_part.compute(scheduler="synchronous"), part)
+    lazy = fastgauss.q_sample(xd, T, SCHEDULE, noise=yd)
+    np.testing.assert_array_equal(lazy.compute(scheduler="synchronous"), fastgauss.q_sample(x, T, SCHEDULE, noise=y))
+    elementwise = fastgauss.normal_kl(xd, 0.0, y, np.zeros(SHAPE[-1], np.float32))
+    assert elementwise.chunks == xd.chunks
+    np.testing.assert_array_equal(elementwise.compute(scheduler="synchronous"), fastgauss.normal_kl(x, 0.0, y, np.zeros(SHAPE[-1], np.float32)))
+
+
+def test_mvn_ops_on_dask_arrays():
+    rng = np.random.default_rng(4)
+    mean = rng.standard_normal((6, 3))
+    a = rng.standard_normal((6, 3, 3))
+    cov = a @ a.transpose(0, 2, 1) + np.eye(3)
+    md, cd = da.from_array(mean, chunks=(4, 3)), da.from_array(cov, chunks=(4, 3, 3))
+    np.testing.assert_array_equal(fastgauss.cholesky(cd).compute(scheduler="synchronous"), fastgauss.cholesky(cov))
+    np.testing.assert_array_equal(fastgauss.mvn_logpdf(md * 0, md, cd).compute(scheduler="synchronous"), fastgauss.mvn_logpdf(mean * 0, mean, cov))
+    np.testing.assert_array_equal(fastgauss.mvn_kl(md, cd, 0 * mean, np.eye(3)).compute(scheduler="synchronous"), fastgauss.mvn_kl(mean, cov, 0 * mean, np.eye(3)))
+
+
+# --- errors: at graph time when shapes and dtypes show them; from a worker with fastgauss's message ------
+
+
+def test_mvn_needs_the_trailing_axes_in_one_chunk():
+    mean = da.zeros((6, 4), chunks=(3, 2))
+    with pytest.raises(ValueError, match=r"trailing \(d,\) axes of mean in one chunk"):
+        fastgauss.mvn_sample(mean, np.eye(4), rng=0)
+    with pytest.raises(ValueError, match=r"trailing \(d, d\) axes of cov in one chunk"):
+        fastgauss.mvn_logpdf(np.zeros((6, 4)), np.zeros(4), da.zeros((6, 4, 4), chunks=(3, 4, 2)))
+
+
+def test_shape_and_dtype_errors_are_raised_when_the_graph_is_built():
+    x = da.zeros(SHAPE, chunks=2, dtype=np.float32)
+    g = fresh()
+    with pytest.raises(ValueError, match="noise"):
+        fastgauss.q_sample(x, T, SCHEDULE, noise=np.zeros((4, 3, 9), np.float32))
+    with pytest.raises(ValueError, match=r"t must be in \[0, 100\)"):
+        fastgauss.q_sample(x, np.array([0, 1, 2, 100]), SCHEDULE, rng=g)
+    with pytest.raises(ValueError, match="t must be a scalar or have shape"):
+        fastgauss.q_sample(x, da.zeros(3, dtype=int, chunks=1), SCHEDULE, rng=g)
+    with pytest.raises(TypeError):
+        fastgauss.predict_x0(x.astype(np.complex64), 3, x, SCHEDULE)
+    with pytest.raises(ValueError, match="broadcast"):
+        fastgauss.normal_kl(x, 0.0, da.zeros((4, 2, 10), chunks=2), 0.0)
+    with pytest.raises(ValueError, match="reduce"):
+        fastgauss.normal_kl(x, 0.0, x, 0.0, reduce="max")
+    with pytest.raises(TypeError, match="out="):
+        fastgauss.predict_x0(x, 3, x, SCHEDULE, out=np.empty(SHAPE, np.float32))
+    assert g.state == fresh().state  # no stream was reserved by a failed call
+
+
+def test_an_error_in_a_worker_reaches_the_caller(client):
+    x = da.zeros(SHAPE, chunks=(2, 3, 10), dtype=np.float32)
+    t = da.from_array(np.array([0, 1, 2, 500]), chunks=2)  # values are known only in the workers
+    lazy = fastgauss.q_sample(x, t, SCHEDULE, rng=fresh())
+    with pytest.raises(ValueError, match=r"t must be in \[0, 100\); t\[1\] = 500"):
+        client.compute(lazy, sync=True)
+
+
+def test_import_fastgauss_does_not_import_dask():
+    code = "import sys, fastgauss; fastgauss.default_rng(0); assert not any(m.split('.')[0] in ('dask', 'distributed') for m in sys.modules), 'dask imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_generator_argument_errors_are_raised_when_the_graph_is_built():
+    g = fresh()
+    with pytest.raises(TypeError, match="Unsupported dtype"):
+        g.standard_normal(10, dtype=np.int32, chunks=5)
+    with pytest.raises(ValueError, match="scale < 0"):
+        g.normal(0.0, np.array([1.0, -1.0]), size=(3, 2), chunks=1)
+    with pytest.raises(ValueError, match="do not broadcast"):
+        g.normal(np.zeros(3), 1.0, size=(3, 2), chunks=1)
+    assert g.state == fresh().state
+
+
+def test_raw_philox_blocks():
+    counters = np.arange(6 * 4, dtype=np.uint32).reshape(6, 4)
+    keys = np.array([[1, 2]], dtype=np.uint32)
+    lazy = fastgauss.random.philox4x32_10(da.from_array(counters, chunks=(4, 2)), keys)
+    assert lazy.chunks[0] == (4, 2)
+    np.testing.assert_array_equal(lazy.compute(scheduler="synchronous"), fastgauss.random.philox4x32_10(counters, keys))
