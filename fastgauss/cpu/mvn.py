@@ -21,7 +21,7 @@ from fastgauss import _device
 from fastgauss._device import mvn as _mvn
 from fastgauss._plans import mvn as plan
 from fastgauss._plans.mvn import NO_FAILURE, geometry, summarize
-from fastgauss._plans.stream import kernel_state, words
+from fastgauss._plans.stream import kernel_state
 from fastgauss.cpu import launch, rows_to_write
 from fastgauss.cpu.random import normal_part
 
@@ -564,7 +564,7 @@ def mvn_sample_vjp(cotangent, mean, cov, scale_tril, batch, noise, *, stream, gr
         parts = segments(per_element)
         generate = noise is None
         noise_flat = np.empty(0, dtype) if generate else np.ascontiguousarray(noise.reshape(-1), dtype=dtype)
-        state = words(*tuple(stream)[:2]) if generate else words(0, 0)  # a whole array: no window
+        state = kernel_state(tuple(stream)[:2] if generate else None, cotangent.shape)  # the whole array: no window
         noise_target = grad_noise.reshape(-1) if grad_noise is not None else np.empty(0, dtype)
         direct = parts == 1
         out = _matrices(grad_matrix, dtype) if grad_matrix is not None and direct else np.empty((0, d, d), dtype)
