@@ -442,6 +442,9 @@ def _reduce_partials(src, shape, kept, per_element, parts, partials):
         partials[row, p] = acc
 
 
+WHOLE_RUN = np.int64(2**63 - 1)  # a window run no array reaches: stream_slot's identity
+
+
 @cuda.jit(device=True)
 def _sample_item(
     item, cot, mat, factor, noise, generate, per_block, k0, k1, o0, o1, o2, o3, shape, kept, per_element, parts,
@@ -462,7 +465,8 @@ def _sample_item(
             _tril_t_apply(W, w, d, cot, n * d, grad_noise, n * d)
         if want_matrix:
             if generate:
-                _vector_normals(eps, d, n * d, per_block, k0, k1, o0, o1, o2, o3)
+                # the whole array's stream (no window): every element in the first run
+                _vector_normals(eps, d, n * d, per_block, k0, k1, o0, o1, o2, o3, np.int64(0), WHOLE_RUN, shape, kept)
                 _outer_tril(W, w + 1, d, cot, n * d, eps, 0)
             else:
                 _outer_tril(W, w + 1, d, cot, n * d, noise, n * d)
