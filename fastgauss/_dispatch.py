@@ -65,6 +65,12 @@ OPS = {
     "mvn_sample": Op("mvn", "mean, cov, scale_tril, batch, noise, out, *, fresh, stream, tol"),
     "mvn_logpdf": Op("mvn", "x, mean, cov, scale_tril, batch, out"),
     "mvn_kl": Op("mvn", "mean1, cov1, mean2, cov2, batch, out"),
+    "mvn_affine": Op("mvn", "mean, cov, A, b, batch, mean_out, cov_out"),
+    "mvn_marginal": Op("mvn", "mean, cov, index, batch, mean_out, cov_out"),
+    "mvn_condition": Op("mvn", "mean, cov, index, other, value, batch, mean_out, *, cov_out"),
+    "gaussian_product": Op("mvn", "mean1, cov1, mean2, cov2, batch, mean_out, cov_out, *, log_scale_out"),
+    "kalman_update": Op("mvn", "mean, cov, H, R, y, batch, mean_out, *, cov_out, log_likelihood_out"),
+    "normal_product": Op("kl", "mean1, logvar1, mean2, logvar2, *, shape, mean_out, logvar_out, log_scale_out"),
 }
 
 ENV_VAR = "FASTGAUSS_BACKEND"
