@@ -315,11 +315,14 @@ def mvn_kl(mean1, cov1, mean2, cov2, batch, out):
 # mixed-dtype inputs): one specialization per dtype. A covariance shared by several outputs
 # (a broadcast batch) is read, and its block factored, once per output.
 
-_marginal = _d.marginal
-_condition = _d.condition
-_affine = _d.affine
-_product = _d.product
-_kalman = _d.kalman
+# The algebra's device functions are compiled without Numba-level inlining (LLVM still inlines
+# them): the same speed, and half the compile time of kalman_update's kernel (8 s -> 4 s a dtype).
+_a = _device.compile_for(numba.njit(error_model="numpy"), _mvn)
+_marginal = _a.marginal
+_condition = _a.condition
+_affine = _a.affine
+_product = _a.product
+_kalman = _a.kalman
 
 
 @numba.njit(parallel=True, **KERNEL)

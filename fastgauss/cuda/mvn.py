@@ -466,11 +466,12 @@ def mvn_affine(mean, cov, A, b, batch, mean_out, cov_out):
     n = int(np.prod(batch))
     if n == 0 or k == 0:
         return {}
-    shift = cuda.to_device(np.zeros((1, k), shape_dtype(mean_out)[1])) if b is None else _vectors("b", b)
-    geometry_arrays = _algebra_geometry(batch, (mean, 1), (cov, 2), (A, 2), (shift, 1))
+    if b is None:
+        b = cuda.to_device(np.zeros(k, shape_dtype(mean_out)[1]))
+    geometry_arrays = _algebra_geometry(batch, (mean, 1), (cov, 2), (A, 2), (b, 1))
     blocks, threads, work = _scratch(n, 1, k, d)
     _affine_kernel[blocks, threads](
-        _vectors("mean", mean), _matrices("cov", cov), _matrices("A", A), shift, *geometry_arrays, work,
+        _vectors("mean", mean), _matrices("cov", cov), _matrices("A", A), _vectors("b", b), *geometry_arrays, work,
         _flat("mean_out", batch, mean_out, (k,)), _flat("cov_out", batch, cov_out, (k, k)),
     )
     return {}
