@@ -221,7 +221,7 @@ def discretized_gaussian_log_likelihood(x, means, log_scales, *, reduce=None, bi
 # --- Gaussian algebra ---
 
 
-def normal_product(mean1, logvar1, mean2, logvar2, *, backend=None):
+def normal_product(mean1, logvar1, mean2, logvar2, *, out=None, backend=None):
     r"""The product of two diagonal Gaussian densities, elementwise, in one pass:
 
     .. math::
@@ -240,11 +240,14 @@ def normal_product(mean1, logvar1, mean2, logvar2, *, backend=None):
     mean1, logvar1, mean2, logvar2 : arrays or Python scalars
         Broadcast together like NumPy (see :func:`normal_kl` for the forms that run at
         full speed). NumPy arrays run on the host, CUDA arrays on the GPU (C-contiguous).
+    out : tuple of three arrays (mean, logvar, log_scale), optional
+        Each of the result's shape and dtype, writeable; each may be exactly one of the
+        inputs (in place), and they must not overlap one another.
     backend : {"numpy", "cpu", "cuda"}, optional
 
     Returns
     -------
-    (mean, logvar, log_scale) : three arrays of the broadcast shape, dtype
+    (mean, logvar, log_scale) : three arrays of the broadcast shape (``out`` when given), dtype
         ``numpy.result_type`` of the array arguments (Python scalars do not promote).
         The compiled backends compute in the data dtype from the narrower factor:
         with lo <= hi the log-variances and e = e^(lo - hi) <= 1,
@@ -253,7 +256,8 @@ def normal_product(mean1, logvar1, mean2, logvar2, *, backend=None):
         e^-v overflows for tiny variances; the NumPy reference evaluates the formulas
         above in float64. NaN and inf propagate.
 
-    Raises ValueError for shapes that do not broadcast; TypeError for unsupported dtypes.
+    Raises ValueError for shapes that do not broadcast or a bad ``out``; TypeError for
+    unsupported dtypes or an ``out`` that is not a tuple of three arrays.
 
     Examples
     --------
@@ -263,8 +267,20 @@ def normal_product(mean1, logvar1, mean2, logvar2, *, backend=None):
     (array([0.5, 0.5, 0.5]), array([0.5, 0.5, 0.5]))
     """
     args = {"mean1": mean1, "logvar1": logvar1, "mean2": mean2, "logvar2": logvar2}
-    name = resolve(backend, args)
+    if out is None:
+        out = (None, None, None)
+    elif not isinstance(out, tuple) or len(out) != 3:
+        raise TypeError(f"out must be a tuple of three arrays (mean, logvar, log_scale); got {type(out).__name__}")
+    labels = [f"out[{i}]" for i in range(3)]
+    name = resolve(backend, {**args, **dict(zip(labels, out))})
     args, shape, dtype = _operands(args, on_device=name == "cuda")
-    outs = [_output(None, shape, dtype, args, name) for _ in range(3)]
+    outs = [
+        _output(None, shape, dtype, args, name) if o is None else _checks.output(o, shape, dtype, like=None, inputs=args, name=label)
+        for o, label in zip(out, labels)
+    ]
+    for i in range(3):
+        for j in range(i + 1, 3):
+            if _checks.may_overlap(outs[i], outs[j]):
+                raise ValueError(f"{labels[i]} and {labels[j]} overlap; the three outputs must be separate arrays")
     implementation("normal_product", name)(*args.values(), shape=shape, mean_out=outs[0], logvar_out=outs[1], log_scale_out=outs[2])
     return tuple(outs)

@@ -506,3 +506,29 @@ def test_argument_errors():
             fastgauss.kalman_update(cuda.to_device(mean), cov, np.ones((1, 3)), np.eye(1), np.ones(1))
         with pytest.raises(TypeError, match="index must be a host int or sequence"):
             fastgauss.mvn_marginal(*on("cuda", mean, cov), cuda.to_device(np.array([0])), backend="cuda")
+
+
+def test_normal_product_out(backend):
+    """out=: written in place (out[0] may be mean1 itself), non-contiguous on the host, validated."""
+    rng = np.random.default_rng(22)
+    args = [rng.standard_normal((2, 6)) for _ in range(4)]
+    expected = fastgauss.normal_product(*args, backend="numpy")
+    inputs = on(backend, *args)
+    outs = (inputs[0], *on(backend, np.empty((2, 6)), np.empty((2, 6))))
+    got = fastgauss.normal_product(*inputs, out=outs, backend=backend)
+    assert all(g is o for g, o in zip(got, outs))
+    for g, e in zip(host(got), expected):
+        np.testing.assert_allclose(g, e, **CLOSED)
+    if backend != "cuda":
+        strided = np.empty((2, 12))[:, ::2]
+        fastgauss.normal_product(*args, out=(np.empty((2, 6)), strided, np.empty((2, 6))), backend=backend)
+        np.testing.assert_allclose(strided, expected[1], **CLOSED)
+    one = np.empty((2, 12))
+    with pytest.raises(ValueError, match=r"out\[0\] and out\[1\] overlap"):
+        fastgauss.normal_product(*args, out=(one[:, :6], one[:, 3:9], np.empty((2, 6))), backend="cpu")
+    with pytest.raises(ValueError, match=r"out\[2\] has shape \(6,\); the result has shape \(2, 6\)"):
+        fastgauss.normal_product(*args, out=(np.empty((2, 6)), np.empty((2, 6)), np.empty(6)), backend="cpu")
+    with pytest.raises(ValueError, match=r"out\[1\] overlaps mean2 without being the same array"):
+        fastgauss.normal_product(*args, out=(np.empty((2, 6)), args[2][:, ::-1], np.empty((2, 6))), backend="cpu")
+    with pytest.raises(TypeError, match="out must be a tuple of three arrays"):
+        fastgauss.normal_product(*args, out=np.empty((2, 6)), backend="cpu")

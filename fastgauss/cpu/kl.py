@@ -412,6 +412,10 @@ def normal_product(mean1, logvar1, mean2, logvar2, *, shape, mean_out, logvar_ou
     if rows == 0 or width == 0:
         return
     operands, rows, width = _elementwise_operands((mean1, logvar1, mean2, logvar2), shape, rows, width, dtype)
-    outs = [out.reshape(rows, width) for out in (mean_out, logvar_out, log_scale_out)]  # fresh arrays: views
+    outs = (mean_out, logvar_out, log_scale_out)
+    targets = [out.reshape(rows, width) if out.flags.c_contiguous else np.empty((rows, width), dtype) for out in outs]
     chunks_per_row, rows_per_item = _plan(rows, width)
-    launch(_product_rows, *operands, _kl.constants(dtype), *outs, rows, width, chunks_per_row, rows_per_item)
+    launch(_product_rows, *operands, _kl.constants(dtype), *targets, rows, width, chunks_per_row, rows_per_item)
+    for out, target in zip(outs, targets):
+        if not np.may_share_memory(out, target):
+            out[...] = target.reshape(out.shape)
