@@ -246,13 +246,7 @@ def mvn_kl(mean1, cov1, mean2, cov2, *, backend=None):
     arrays = {"mean1": mean1, "cov1": cov1, "mean2": mean2, "cov2": cov2}
     name = resolve(backend, arrays)
     on_device = name == "cuda"
-    mean1, mean1_shape, mean1_dtype = _vectors("mean1", mean1, on_device)
-    d = mean1_shape[-1]
-    mean2, mean2_shape, mean2_dtype = _vectors("mean2", mean2, on_device, d, "mean1")
-    cov1, cov1_shape, cov1_dtype = _matrices("cov1", cov1, on_device, d, "mean1")
-    cov2, cov2_shape, cov2_dtype = _matrices("cov2", cov2, on_device, d, "mean1")
-    batch = _broadcast_batch({"mean1": mean1_shape[:-1], "cov1": cov1_shape[:-2], "mean2": mean2_shape[:-1], "cov2": cov2_shape[:-2]})
-    dtype = _checks.result_dtype(mean1=mean1_dtype, cov1=cov1_dtype, mean2=mean2_dtype, cov2=cov2_dtype)
+    (mean1, cov1, mean2, cov2), (cov1_shape, cov2_shape), batch, dtype = _two_gaussians(mean1, cov1, mean2, cov2, on_device)
     out = _checks.output(None, batch, dtype, like=mean1, inputs={})
     status = implementation("mvn_kl", name)(mean1, cov1, mean2, cov2, batch, out)
     _raise_failures(status, {"cov1": cov1_shape[:-2], "cov2": cov2_shape[:-2]})
@@ -618,13 +612,8 @@ def gaussian_product(mean1, cov1, mean2, cov2, *, backend=None):
     arrays = {"mean1": mean1, "cov1": cov1, "mean2": mean2, "cov2": cov2}
     name = resolve(backend, arrays)
     on_device = name == "cuda"
-    mean1, mean1_shape, mean1_dtype = _vectors("mean1", mean1, on_device)
-    d = mean1_shape[-1]
-    mean2, mean2_shape, mean2_dtype = _vectors("mean2", mean2, on_device, d, "mean1")
-    cov1, cov1_shape, cov1_dtype = _matrices("cov1", cov1, on_device, d, "mean1")
-    cov2, cov2_shape, cov2_dtype = _matrices("cov2", cov2, on_device, d, "mean1")
-    batch = _broadcast_batch({"mean1": mean1_shape[:-1], "cov1": cov1_shape[:-2], "mean2": mean2_shape[:-1], "cov2": cov2_shape[:-2]})
-    dtype = _checks.result_dtype(mean1=mean1_dtype, cov1=cov1_dtype, mean2=mean2_dtype, cov2=cov2_dtype)
+    (mean1, cov1, mean2, cov2), (cov1_shape, _), batch, dtype = _two_gaussians(mean1, cov1, mean2, cov2, on_device)
+    d = cov1_shape[-1]
     mean_out = _checks.output(None, batch + (d,), dtype, like=mean1, inputs={})
     cov_out = _checks.output(None, batch + (d, d), dtype, like=mean1, inputs={})
     log_scale = _checks.output(None, batch, dtype, like=mean1, inputs={})
@@ -732,3 +721,16 @@ def _coordinates(index, d):
     if np.unique(listed).size != listed.size:
         raise ValueError(f"index must not repeat a coordinate; got {index!r}")
     return listed, np.setdiff1d(np.arange(d, dtype=np.int64), listed)
+
+
+def _two_gaussians(mean1, cov1, mean2, cov2, on_device):
+    """Validate two batches of Gaussians of one order d: ((mean1, cov1, mean2, cov2), (cov1 shape,
+    cov2 shape), broadcast batch, result dtype)."""
+    mean1, mean1_shape, mean1_dtype = _vectors("mean1", mean1, on_device)
+    d = mean1_shape[-1]
+    mean2, mean2_shape, mean2_dtype = _vectors("mean2", mean2, on_device, d, "mean1")
+    cov1, cov1_shape, cov1_dtype = _matrices("cov1", cov1, on_device, d, "mean1")
+    cov2, cov2_shape, cov2_dtype = _matrices("cov2", cov2, on_device, d, "mean1")
+    batch = _broadcast_batch({"mean1": mean1_shape[:-1], "cov1": cov1_shape[:-2], "mean2": mean2_shape[:-1], "cov2": cov2_shape[:-2]})
+    dtype = _checks.result_dtype(mean1=mean1_dtype, cov1=cov1_dtype, mean2=mean2_dtype, cov2=cov2_dtype)
+    return (mean1, cov1, mean2, cov2), (cov1_shape, cov2_shape), batch, dtype

@@ -200,15 +200,6 @@ def column_dot(B, w, n, i, j):
     return s
 
 
-def store_symmetric(S, s, n, out, o):
-    """out[o] = S[s] (n x n) from its lower triangle, mirrored: symmetric by construction."""
-    for i in range(n):
-        for j in range(i + 1):
-            value = S[s, i, j]
-            out[o, i, j] = value
-            out[o, j, i] = value
-
-
 def marginal(mean, m, cov, c, index, out_mean, out_cov, b):
     """The marginal over coordinates ``index``: mean[m, index] and cov[c][index, index] (lower triangle read)."""
     n = index.size
