@@ -448,10 +448,15 @@ def _algebra_geometry(batch, *operands):
     return cuda.to_device(host[0]), cuda.to_device(np.stack(host[1:]))
 
 
+ALGEBRA_MAX_BLOCKS = 256  # 65,536 threads: about what an H100 keeps resident at these kernels' 96-160 registers
+
+
 def _scratch(n, slots, rows, cols):
-    """(blocks, threads, work): the launch over n outputs and its float64 scratch, ``slots`` (rows, cols)
-    buffers per thread launched."""
+    """(blocks, threads, work): the launch over n outputs (at most ALGEBRA_MAX_BLOCKS blocks, the
+    grid-stride loops cover the rest) and its float64 scratch, ``slots`` (rows, cols) buffers per
+    thread launched: for kalman_update with d = 4, at most 65,536 x 1.2 kB."""
     blocks, threads = launch_config(n)
+    blocks = min(blocks, ALGEBRA_MAX_BLOCKS)
     return blocks, threads, cuda.device_array((max(1, blocks * threads * slots), max(1, rows), max(1, cols)), np.float64)
 
 
