@@ -532,3 +532,25 @@ def test_normal_product_out(backend):
         fastgauss.normal_product(*args, out=(np.empty((2, 6)), args[2][:, ::-1], np.empty((2, 6))), backend="cpu")
     with pytest.raises(TypeError, match="out must be a tuple of three arrays"):
         fastgauss.normal_product(*args, out=np.empty((2, 6)), backend="cpu")
+
+
+@pytest.mark.skipif(not CUDA_USABLE, reason="cuda backend not usable")
+def test_cuda_grid_stride_loops_reuse_each_threads_scratch(monkeypatch):
+    """More outputs than threads (8 threads in 2 blocks for 20 outputs): each thread's loop covers
+    several outputs, reusing its scratch slots, against the reference."""
+    import fastgauss.cuda.mvn
+
+    monkeypatch.setattr(fastgauss.cuda.mvn, "launch_config", lambda n: (2, 4))
+    rng = np.random.default_rng(23)
+    mean, cov = rng.standard_normal((20, 3)), spd(rng, (20,), 3)
+    calls = [
+        ("mvn_affine", (mean, cov, rng.standard_normal((2, 3)))),
+        ("mvn_marginal", (mean, cov, [2, 0])),
+        ("mvn_condition", (mean, cov, [1], mean[:, :1] + 1)),
+        ("gaussian_product", (mean, cov, mean[::-1], cov[::-1])),
+        ("kalman_update", (mean, cov, rng.standard_normal((2, 3)), np.eye(2), rng.standard_normal((20, 2)))),
+    ]
+    for op, args in calls:
+        function = getattr(fastgauss, op)
+        for got, want in zip(host(function(*on("cuda", *args), backend="cuda")), function(*args, backend="numpy")):
+            np.testing.assert_allclose(got, want, **CLOSED, err_msg=op)
