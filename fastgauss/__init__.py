@@ -20,8 +20,18 @@ from fastgauss.diffusion import (
     v_to_eps,
     v_to_x0,
 )
-from fastgauss.kl import discretized_gaussian_log_likelihood, normal_kl, normal_logpdf
-from fastgauss.mvn import cholesky, mvn_kl, mvn_logpdf, mvn_sample
+from fastgauss.kl import discretized_gaussian_log_likelihood, normal_kl, normal_logpdf, normal_product
+from fastgauss.mvn import (
+    cholesky,
+    gaussian_product,
+    kalman_update,
+    mvn_affine,
+    mvn_condition,
+    mvn_kl,
+    mvn_logpdf,
+    mvn_marginal,
+    mvn_sample,
+)
 from fastgauss.random import Generator, default_rng
 from fastgauss.schedules import NoiseSchedule
 
@@ -51,6 +61,12 @@ __all__ = [
     "normal_kl",
     "normal_logpdf",
     "discretized_gaussian_log_likelihood",
+    "mvn_affine",
+    "mvn_marginal",
+    "mvn_condition",
+    "gaussian_product",
+    "kalman_update",
+    "normal_product",
     "set_backend",
     "use_backend",
 ]

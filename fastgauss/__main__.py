@@ -122,6 +122,12 @@ def _bytes_moved(args, result):
     return sum(a.nbytes for a in arrays) + sum(o.nbytes for o in outputs)
 
 
+def _outputs_like(expected, empty):
+    """out= for a call whose reference result is ``expected``: one array, or a tuple for an op with
+    several outputs (normal_product)."""
+    return tuple(empty(e) for e in expected) if isinstance(expected, tuple) else empty(expected)
+
+
 def _time(call, backend, expected, repeats):
     """Timing (an untimed warm-up, then ``repeats`` >= 3 timed runs) of ``call`` on ``backend``,
     with a preallocated out= where the op takes one (so the times measure the op, not the
@@ -132,10 +138,10 @@ def _time(call, backend, expected, repeats):
         from numba import cuda
 
         args = tuple(_to_device(a) for a in call.args)  # copied once, outside the timing
-        extra = {"out": cuda.device_array(expected.shape, expected.dtype)} if takes_out else {}
+        extra = {"out": _outputs_like(expected, lambda e: cuda.device_array(e.shape, e.dtype))} if takes_out else {}
         run = lambda: call.function(*args, **call.kwargs, **extra, backend="cuda")  # noqa: E731
         return _bench.time_runs(run, repeats, synchronize=cuda.synchronize)
-    extra = {"out": np.empty_like(expected)} if takes_out else {}
+    extra = {"out": _outputs_like(expected, np.empty_like)} if takes_out else {}
     if backend == "numpy" and call.numpy_way is not None:  # NumPy's generator + the reference formula
         return _bench.time_runs(lambda: call.numpy_way(*call.args, **call.kwargs, **extra), repeats)
     return _bench.time_runs(lambda: _run(call, backend, **extra), repeats)

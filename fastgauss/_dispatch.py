@@ -73,6 +73,12 @@ OPS = {
     "mvn_sample_vjp": Op("mvn", "cotangent, mean, cov, scale_tril, batch, noise, *, stream, grad_mean, grad_cov, grad_scale_tril, grad_noise"),
     "mvn_logpdf_vjp": Op("mvn", "cotangent, x, mean, cov, scale_tril, batch, *, grad_x, grad_mean, grad_cov, grad_scale_tril"),
     "mvn_kl_vjp": Op("mvn", "cotangent, mean1, cov1, mean2, cov2, batch, *, grad_mean1, grad_cov1, grad_mean2, grad_cov2"),
+    "mvn_affine": Op("mvn", "mean, cov, A, b, batch, mean_out, cov_out"),
+    "mvn_marginal": Op("mvn", "mean, cov, index, batch, mean_out, cov_out"),
+    "mvn_condition": Op("mvn", "mean, cov, index, other, value, batch, mean_out, *, cov_out"),
+    "gaussian_product": Op("mvn", "mean1, cov1, mean2, cov2, batch, mean_out, cov_out, *, log_scale_out"),
+    "kalman_update": Op("mvn", "mean, cov, H, R, y, batch, mean_out, *, cov_out, log_likelihood_out"),
+    "normal_product": Op("kl", "mean1, logvar1, mean2, logvar2, *, shape, mean_out, logvar_out, log_scale_out"),
 }
 
 ENV_VAR = "FASTGAUSS_BACKEND"

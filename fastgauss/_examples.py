@@ -19,8 +19,18 @@ import numpy as np
 
 from fastgauss import diffusion, mvn
 from fastgauss.diffusion import q_sample
-from fastgauss.kl import discretized_gaussian_log_likelihood, normal_kl, normal_logpdf
-from fastgauss.mvn import cholesky, mvn_kl, mvn_logpdf, mvn_sample
+from fastgauss.kl import discretized_gaussian_log_likelihood, normal_kl, normal_logpdf, normal_product
+from fastgauss.mvn import (
+    cholesky,
+    gaussian_product,
+    kalman_update,
+    mvn_affine,
+    mvn_condition,
+    mvn_kl,
+    mvn_logpdf,
+    mvn_marginal,
+    mvn_sample,
+)
 from fastgauss.random import default_rng, philox4x32_10
 from fastgauss.schedules import NoiseSchedule
 
@@ -317,6 +327,59 @@ def _discretized(shape, dtype, rng):
     ]
 
 
+# --- Gaussian algebra: 4 x 4 covariances as above; normal_product on image-shaped data ---
+
+
+def _mvn_affine(shape, dtype, rng):
+    count, mean, cov = _mvn_inputs(shape, dtype, rng)
+    A = rng.standard_normal((count, 2, MVN_D)).astype(dtype)
+    b = rng.standard_normal(2).astype(dtype)
+    return [
+        Call(f"{count} 4x4 -> 2", mvn_affine, (mean, cov, A, b), {}, benchmark=True),
+        Call("one A, no b", mvn_affine, (mean, cov, A[0]), {}),
+    ]
+
+
+def _mvn_marginal(shape, dtype, rng):
+    count, mean, cov = _mvn_inputs(shape, dtype, rng)
+    return [Call(f"{count} 4x4, coordinates [3, 1]", mvn_marginal, (mean, cov, [3, 1]), {}, benchmark=True)]
+
+
+def _mvn_condition(shape, dtype, rng):
+    count, mean, cov = _mvn_inputs(shape, dtype, rng)
+    value = rng.standard_normal((count, 2)).astype(dtype)
+    return [
+        Call(f"{count} 4x4 given 2 coordinates", mvn_condition, (mean, cov, [1, 3], value), {}, benchmark=True),
+        Call("one cov, many values", mvn_condition, (mean[0], cov[0], [0], value[:, :1]), {}),
+    ]
+
+
+def _gaussian_product(shape, dtype, rng):
+    count, mean, cov = _mvn_inputs(shape, dtype, rng)
+    _, mean2, cov2 = _mvn_inputs(shape, dtype, rng)
+    return [
+        Call(f"{count} 4x4 pairs", gaussian_product, (mean, cov, mean2, cov2), {}, benchmark=True),
+        Call("with one", gaussian_product, (mean, cov, mean2[0], cov2[0]), {}),
+    ]
+
+
+def _kalman_update(shape, dtype, rng):
+    count, mean, cov = _mvn_inputs(shape, dtype, rng)
+    H = rng.standard_normal((2, MVN_D)).astype(dtype)
+    R = (0.5 * np.eye(2)).astype(dtype)
+    y = rng.standard_normal((count, 2)).astype(dtype)
+    return [Call(f"{count} 4x4 tracks, 2 observed", kalman_update, (mean, cov, H, R, y), {}, benchmark=True)]
+
+
+def _normal_product(shape, dtype, rng):
+    mean1, logvar1, mean2, logvar2 = (rng.standard_normal(shape, dtype=dtype) for _ in range(4))
+    return [
+        Call("full tensors", normal_product, (mean1, logvar1, mean2, logvar2), {}, benchmark=True),
+        Call("with a standard normal", normal_product, (mean1, logvar1, 0.0, 0.0), {}),
+        Call("per-sample logvar2", normal_product, (mean1, logvar1, mean2, _per_sample(shape, dtype, rng)), {}),
+    ]
+
+
 EXAMPLES = {
     "q_sample": _q_sample,
     "q_posterior": _linear("q_posterior", "u_w_t", False),
@@ -343,4 +406,10 @@ EXAMPLES = {
     "mvn_sample_vjp": _mvn_sample_vjp,
     "mvn_logpdf_vjp": _mvn_logpdf_vjp,
     "mvn_kl_vjp": _mvn_kl_vjp,
+    "mvn_affine": _mvn_affine,
+    "mvn_marginal": _mvn_marginal,
+    "mvn_condition": _mvn_condition,
+    "gaussian_product": _gaussian_product,
+    "kalman_update": _kalman_update,
+    "normal_product": _normal_product,
 }

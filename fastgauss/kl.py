@@ -219,3 +219,71 @@ def discretized_gaussian_log_likelihood(x, means, log_scales, *, reduce=None, bi
     """
     bins = _bins(bins)
     return _call("discretized_gaussian_log_likelihood", {"x": x, "means": means, "log_scales": log_scales}, reduce, out, backend, bins=bins)
+
+
+# --- Gaussian algebra ---
+
+
+def normal_product(mean1, logvar1, mean2, logvar2, *, out=None, backend=None):
+    r"""The product of two diagonal Gaussian densities, elementwise, in one pass:
+
+    .. math::
+
+        \mathcal N(x; \mu_1, e^{v_1})\, \mathcal N(x; \mu_2, e^{v_2}) = e^{s}\, \mathcal N(x; \mu, e^{v}),
+        \quad e^{-v} = e^{-v_1} + e^{-v_2},\quad \mu = e^{v} (\mu_1 e^{-v_1} + \mu_2 e^{-v_2}),
+        \quad s = \log \mathcal N(\mu_1; \mu_2, e^{v_1} + e^{v_2})
+
+    (``v`` = log-variance): precisions add, the mean is the precision-weighted average,
+    and ``s`` is the log of the normalizing constant; the diagonal form of
+    :func:`fastgauss.gaussian_product` (per-pixel Bayesian fusion, the Gaussian
+    posterior of a Gaussian prior and likelihood).
+
+    Parameters
+    ----------
+    mean1, logvar1, mean2, logvar2 : arrays or Python scalars
+        Broadcast together like NumPy (see :func:`normal_kl` for the forms that run at
+        full speed). NumPy arrays run on the host, CUDA arrays on the GPU (C-contiguous).
+    out : tuple of three arrays (mean, logvar, log_scale), optional
+        Each of the result's shape and dtype, writeable; each may be exactly one of the
+        inputs (in place), and they must not overlap one another.
+    backend : {"numpy", "cpu", "cuda"}, optional
+
+    Returns
+    -------
+    (mean, logvar, log_scale) : three arrays of the broadcast shape (``out`` when given), dtype
+        ``numpy.result_type`` of the array arguments (Python scalars do not promote).
+        The compiled backends compute in the data dtype from the narrower factor:
+        with lo <= hi the log-variances and e = e^(lo - hi) <= 1,
+        mean = (mu_lo + e mu_hi) / (1 + e), v = lo - log(1 + e) and
+        s = -0.5 (log 2 pi + hi + log(1 + e) + (mu1 - mu2)^2 e^-hi / (1 + e)), so no
+        e^-v overflows for tiny variances; the NumPy reference evaluates the formulas
+        above in float64. NaN and inf propagate.
+
+    Raises ValueError for shapes that do not broadcast or a bad ``out``; TypeError for
+    unsupported dtypes or an ``out`` that is not a tuple of three arrays.
+
+    Examples
+    --------
+    >>> import numpy as np, fastgauss
+    >>> mean, logvar, log_scale = fastgauss.normal_product(np.zeros(3), 0.0, np.ones(3), 0.0)
+    >>> mean, np.exp(logvar)                               # halfway, half the variance
+    (array([0.5, 0.5, 0.5]), array([0.5, 0.5, 0.5]))
+    """
+    args = {"mean1": mean1, "logvar1": logvar1, "mean2": mean2, "logvar2": logvar2}
+    if out is None:
+        out = (None, None, None)
+    elif not isinstance(out, tuple) or len(out) != 3:
+        raise TypeError(f"out must be a tuple of three arrays (mean, logvar, log_scale); got {type(out).__name__}")
+    labels = [f"out[{i}]" for i in range(3)]
+    name = resolve(backend, {**args, **dict(zip(labels, out))})
+    args, shape, dtype = _operands(args, on_device=name == "cuda")
+    outs = [
+        _output(None, shape, dtype, args, name) if o is None else _checks.output(o, shape, dtype, like=None, inputs=args, name=label)
+        for o, label in zip(out, labels)
+    ]
+    for i in range(3):
+        for j in range(i + 1, 3):
+            if _checks.may_overlap(outs[i], outs[j]):
+                raise ValueError(f"{labels[i]} and {labels[j]} overlap; the three outputs must be separate arrays")
+    implementation("normal_product", name)(*args.values(), shape=shape, mean_out=outs[0], logvar_out=outs[1], log_scale_out=outs[2])
+    return tuple(outs)

@@ -31,7 +31,17 @@ from fastgauss._dispatch import adapts, implementation, resolve
 from fastgauss._plans.mvn import NO_CHECK, NO_FAILURE
 from fastgauss._plans.stream import as_stream, blocks_needed
 
-__all__ = ["cholesky", "mvn_sample", "mvn_logpdf", "mvn_kl"]
+__all__ = [
+    "cholesky",
+    "mvn_sample",
+    "mvn_logpdf",
+    "mvn_kl",
+    "mvn_affine",
+    "mvn_marginal",
+    "mvn_condition",
+    "gaussian_product",
+    "kalman_update",
+]
 
 @adapts
 def cholesky(a, *, upper=False, backend=None):
@@ -314,14 +324,7 @@ def _logpdf_call(x, mean, cov, scale_tril, backend, cotangent=None):
 def _kl_call(mean1, cov1, mean2, cov2, backend, cotangent=None):
     """mvn_kl's validated arguments, backend, batch shape and result dtype."""
     name = resolve(backend, {"mean1": mean1, "cov1": cov1, "mean2": mean2, "cov2": cov2, "cotangent": cotangent})
-    on_device = name == "cuda"
-    mean1, mean1_shape, mean1_dtype = _vectors("mean1", mean1, on_device)
-    d = mean1_shape[-1]
-    mean2, mean2_shape, mean2_dtype = _vectors("mean2", mean2, on_device, d, "mean1")
-    cov1, cov1_shape, cov1_dtype = _matrices("cov1", cov1, on_device, d, "mean1")
-    cov2, cov2_shape, cov2_dtype = _matrices("cov2", cov2, on_device, d, "mean1")
-    batch = _broadcast_batch({"mean1": mean1_shape[:-1], "cov1": cov1_shape[:-2], "mean2": mean2_shape[:-1], "cov2": cov2_shape[:-2]})
-    dtype = _checks.result_dtype(mean1=mean1_dtype, cov1=cov1_dtype, mean2=mean2_dtype, cov2=cov2_dtype)
+    (mean1, cov1, mean2, cov2), (cov1_shape, cov2_shape), batch, dtype = _two_gaussians(mean1, cov1, mean2, cov2, name == "cuda")
     return SimpleNamespace(
         backend=name, mean1=mean1, cov1=cov1, mean2=mean2, cov2=cov2, batch=batch, dtype=dtype,
         matrix_batches={"cov1": cov1_shape[:-2], "cov2": cov2_shape[:-2]},
@@ -596,3 +599,344 @@ def _allocate_gradients(wanted, arguments, dtype, zero):
 
 def _wanted_only(grads):
     return {name: grad for name, grad in grads.items() if grad is not None}
+# --- Gaussian algebra ---
+# Affine maps, marginals, conditionals, products and the Kalman update of batches of
+# Gaussians. Covariances are read from their lower triangles, as everywhere in this family,
+# and the covariances returned are symmetric by construction (each entry on and below the
+# diagonal is computed once and mirrored). Every factorization is of a matrix formed in the
+# kernel (Sigma_22, cov1 + cov2, H cov H^T + R), never an explicit inverse.
+
+
+def mvn_affine(mean, cov, A, b=None, *, backend=None):
+    r"""The distribution of :math:`y = A x + b` for :math:`x \sim N(\mu, \Sigma)`, batched:
+
+    .. math::  y \sim N(A \mu + b,\; A \Sigma A^T)
+
+    Parameters
+    ----------
+    mean : array (..., d)
+    cov : array (..., d, d)
+        Covariances (lower triangle read).
+    A : array (..., k, d)
+    b : array (..., k), optional
+        The batch shapes of all arguments broadcast to the batch shape B.
+    backend : {"numpy", "cpu", "cuda"}, optional
+
+    Returns
+    -------
+    (mean, cov) : arrays B + (k,) and B + (k, k), dtype ``numpy.result_type`` of the
+        arguments (float32 stays float32); computed in float64, the covariance symmetric
+        exactly (positive semi-definite, singular when k > d).
+
+    Examples
+    --------
+    >>> import numpy as np, fastgauss
+    >>> A = np.array([[1.0, 1.0]])                         # the sum of two coordinates
+    >>> m, c = fastgauss.mvn_affine(np.array([1.0, 2.0]), np.array([[1.0, 0.5], [0.5, 2.0]]), A)
+    >>> m, c                                               # var = 1 + 2 + 2 * 0.5
+    (array([3.]), array([[4.]]))
+    """
+    arrays = {"mean": mean, "cov": cov, "A": A, "b": b}
+    name = resolve(backend, arrays)
+    on_device = name == "cuda"
+    mean, mean_shape, mean_dtype = _vectors("mean", mean, on_device)
+    d = mean_shape[-1]
+    cov, cov_shape, cov_dtype = _matrices("cov", cov, on_device, d)
+    A = _checks.data_array("A", A, on_device)
+    A_shape, A_dtype = _checks.shape_dtype(A)
+    A_shape = tuple(A_shape)
+    if len(A_shape) < 2 or A_shape[-1] != d:
+        raise ValueError(f"A must have shape (..., k, {d}) (d = {d} from mean); got {A_shape}")
+    k = A_shape[-2]
+    batches = {"mean": mean_shape[:-1], "cov": cov_shape[:-2], "A": A_shape[:-2]}
+    dtypes = {"mean": mean_dtype, "cov": cov_dtype, "A": A_dtype}
+    if b is not None:
+        b, b_shape, dtypes["b"] = _vectors("b", b, on_device, k, "A")
+        batches["b"] = b_shape[:-1]
+    batch = _broadcast_batch(batches)
+    dtype = _checks.result_dtype(**dtypes)
+    mean_out = _checks.output(None, batch + (k,), dtype, like=mean, inputs={})
+    cov_out = _checks.output(None, batch + (k, k), dtype, like=mean, inputs={})
+    implementation("mvn_affine", name)(mean, cov, A, b, batch, mean_out, cov_out)
+    return mean_out, cov_out
+
+
+def mvn_marginal(mean, cov, index, *, backend=None):
+    r"""The marginal of :math:`N(\mu, \Sigma)` over the coordinates ``index``, batched:
+    :math:`N(\mu_I, \Sigma_{II})`, the block of the listed rows and columns.
+
+    Parameters
+    ----------
+    mean : array (..., d)
+    cov : array (..., d, d)
+        Covariances (lower triangle read); the batch shapes broadcast to B.
+    index : int or sequence of distinct ints in [-d, d)
+        The coordinates kept, in the order given (a host sequence or integer array).
+    backend : {"numpy", "cpu", "cuda"}, optional
+
+    Returns
+    -------
+    (mean, cov) : arrays B + (m,) and B + (m, m), m = len(index), dtype
+        ``numpy.result_type`` of mean and cov; the covariance symmetric exactly.
+
+    Examples
+    --------
+    >>> import numpy as np, fastgauss
+    >>> cov = np.array([[1.0, 0.1, 0.2], [0.1, 2.0, 0.3], [0.2, 0.3, 3.0]])
+    >>> fastgauss.mvn_marginal(np.arange(3.0), cov, [2, 0])
+    (array([2., 0.]), array([[3. , 0.2],
+           [0.2, 1. ]]))
+    """
+    name = resolve(backend, {"mean": mean, "cov": cov})
+    on_device = name == "cuda"
+    mean, mean_shape, mean_dtype = _vectors("mean", mean, on_device)
+    d = mean_shape[-1]
+    cov, cov_shape, cov_dtype = _matrices("cov", cov, on_device, d)
+    index, _ = _coordinates(index, d)
+    batch = _broadcast_batch({"mean": mean_shape[:-1], "cov": cov_shape[:-2]})
+    dtype = _checks.result_dtype(mean=mean_dtype, cov=cov_dtype)
+    m = index.size
+    mean_out = _checks.output(None, batch + (m,), dtype, like=mean, inputs={})
+    cov_out = _checks.output(None, batch + (m, m), dtype, like=mean, inputs={})
+    implementation("mvn_marginal", name)(mean, cov, index, batch, mean_out, cov_out)
+    return mean_out, cov_out
+
+
+def mvn_condition(mean, cov, index, value, *, backend=None):
+    r"""The conditional distribution of the other coordinates given ``x[index] = value``, batched.
+
+    With :math:`x_2 = x_I` (I = ``index``) and :math:`x_1` the remaining coordinates in
+    ascending order:
+
+    .. math::
+
+        \mu_{1|2} = \mu_1 + \Sigma_{12} \Sigma_{22}^{-1} (x_2 - \mu_2), \qquad
+        \Sigma_{1|2} = \Sigma_{11} - \Sigma_{12} \Sigma_{22}^{-1} \Sigma_{21}
+
+    computed through the Cholesky factor :math:`L L^T = \Sigma_{22}` (never an inverse):
+    :math:`W = L^{-1} \Sigma_{21}`, :math:`z = L^{-1}(x_2 - \mu_2)`, then
+    :math:`\mu_{1|2} = \mu_1 + W^T z` and :math:`\Sigma_{1|2} = \Sigma_{11} - W^T W`, whose
+    entries on and below the diagonal are computed and mirrored (symmetric exactly).
+
+    Parameters
+    ----------
+    mean : array (..., d)
+    cov : array (..., d, d)
+        Covariances (lower triangle read).
+    index : int or sequence of m distinct ints in [-d, d)
+        The observed coordinates (a host sequence or integer array); ``value[..., j]`` is
+        the value of coordinate ``index[j]``.
+    value : array (..., m)
+        The batch shapes of mean, cov and value broadcast to B.
+    backend : {"numpy", "cpu", "cuda"}, optional
+
+    Returns
+    -------
+    (mean, cov) : arrays B + (d - m,) and B + (d - m, d - m), dtype ``numpy.result_type``
+        of the arguments; computed in float64.
+
+    Raises ``numpy.linalg.LinAlgError`` when some :math:`\Sigma_{22}` is not positive
+    definite, naming cov's batch index and the failing leading minor of
+    :math:`\Sigma_{22}`, like :func:`cholesky`.
+
+    Examples
+    --------
+    >>> import numpy as np, fastgauss
+    >>> cov = np.array([[1.0, 0.8], [0.8, 1.0]])
+    >>> m, c = fastgauss.mvn_condition(np.zeros(2), cov, [1], np.array([1.0]))
+    >>> m, c                                               # 0.8 * 1, 1 - 0.8^2
+    (array([0.8]), array([[0.36]]))
+    """
+    name = resolve(backend, {"mean": mean, "cov": cov, "value": value})
+    on_device = name == "cuda"
+    mean, mean_shape, mean_dtype = _vectors("mean", mean, on_device)
+    d = mean_shape[-1]
+    cov, cov_shape, cov_dtype = _matrices("cov", cov, on_device, d)
+    index, other = _coordinates(index, d)
+    value, value_shape, value_dtype = _vectors("value", value, on_device, index.size, "index")
+    batch = _broadcast_batch({"mean": mean_shape[:-1], "cov": cov_shape[:-2], "value": value_shape[:-1]})
+    dtype = _checks.result_dtype(mean=mean_dtype, cov=cov_dtype, value=value_dtype)
+    r = other.size
+    mean_out = _checks.output(None, batch + (r,), dtype, like=mean, inputs={})
+    cov_out = _checks.output(None, batch + (r, r), dtype, like=mean, inputs={})
+    status = implementation("mvn_condition", name)(mean, cov, index, other, value, batch, mean_out, cov_out=cov_out)
+    failure = status.get("cov", NO_FAILURE)
+    if failure.failed >= 0:
+        raise np.linalg.LinAlgError(
+            f"cov matrix at batch index {_batch_index(failure.failed, cov_shape[:-2])}: its block Sigma_22 = cov[index, index] "
+            f"is not positive definite (leading minor of order {failure.order})"
+        )
+    return mean_out, cov_out
+
+
+def gaussian_product(mean1, cov1, mean2, cov2, *, backend=None):
+    r"""The product of two Gaussian densities, batched: the normalized Gaussian and the log
+    of the constant,
+
+    .. math::
+
+        N(x; \mu_1, \Sigma_1)\, N(x; \mu_2, \Sigma_2) = e^{s}\, N(x; \mu, \Sigma),\quad
+        s = \log N(\mu_1; \mu_2, \Sigma_1 + \Sigma_2),
+
+    :math:`\Sigma = (\Sigma_1^{-1} + \Sigma_2^{-1})^{-1} = \Sigma_1 S^{-1} \Sigma_2` and
+    :math:`\mu = \mu_1 + \Sigma_1 S^{-1} (\mu_2 - \mu_1)`, :math:`S = \Sigma_1 + \Sigma_2`
+    (the Bayesian update of a Gaussian prior by a Gaussian likelihood).
+
+    Computed stably: only :math:`S = L L^T` is factored, never :math:`\Sigma_1` or
+    :math:`\Sigma_2`, which may be singular or much smaller than the other; with
+    :math:`W_i = L^{-1} \Sigma_i` and :math:`z = L^{-1}(\mu_2 - \mu_1)`,
+    :math:`\Sigma = \tfrac12 (W_1^T W_2 + W_2^T W_1)` (a product of the two covariances, no
+    difference of nearly equal terms; symmetric exactly), :math:`\mu = \mu_1 + W_1^T z` and
+    :math:`s = -\tfrac12 (d \log 2\pi + |z|^2) - \sum_i \log L_{ii}`.
+
+    Parameters
+    ----------
+    mean1, mean2 : arrays (..., d)
+    cov1, cov2 : arrays (..., d, d)
+        Positive semi-definite covariances (lower triangles read) whose sum is positive
+        definite. All four batch shapes broadcast to B.
+    backend : {"numpy", "cpu", "cuda"}, optional
+
+    Returns
+    -------
+    (mean, cov, log_scale) : arrays B + (d,), B + (d, d) and B, dtype
+        ``numpy.result_type`` of the arguments; computed in float64. For the diagonal
+        form on image tensors see :func:`fastgauss.normal_product`.
+
+    Raises ``numpy.linalg.LinAlgError`` when some cov1 + cov2 is not positive definite,
+    naming its batch index in B.
+
+    Examples
+    --------
+    >>> import numpy as np, fastgauss
+    >>> m, c, s = fastgauss.gaussian_product(np.zeros(1), np.eye(1), np.ones(1), np.eye(1))
+    >>> m, c                                               # halfway, half the variance
+    (array([0.5]), array([[0.5]]))
+    >>> bool(np.isclose(s, -0.5 * np.log(2 * np.pi * 2) - 0.25))   # log N(0; 1, 2)
+    True
+    """
+    arrays = {"mean1": mean1, "cov1": cov1, "mean2": mean2, "cov2": cov2}
+    name = resolve(backend, arrays)
+    on_device = name == "cuda"
+    (mean1, cov1, mean2, cov2), (cov1_shape, _), batch, dtype = _two_gaussians(mean1, cov1, mean2, cov2, on_device)
+    d = cov1_shape[-1]
+    mean_out = _checks.output(None, batch + (d,), dtype, like=mean1, inputs={})
+    cov_out = _checks.output(None, batch + (d, d), dtype, like=mean1, inputs={})
+    log_scale = _checks.output(None, batch, dtype, like=mean1, inputs={})
+    status = implementation("gaussian_product", name)(mean1, cov1, mean2, cov2, batch, mean_out, cov_out, log_scale_out=log_scale)
+    _raise_failures({"cov1 + cov2": status.get("sum", NO_FAILURE)}, {"cov1 + cov2": batch})
+    return mean_out, cov_out, log_scale
+
+
+def kalman_update(mean, cov, H, R, y, *, backend=None):
+    r"""The Kalman measurement update of many tracks at once, in Joseph form.
+
+    Prior :math:`x \sim N(\mu, \Sigma)`, observation :math:`y = H x + v`,
+    :math:`v \sim N(0, R)`. With the innovation :math:`r = y - H\mu`, its covariance
+    :math:`S = H \Sigma H^T + R = L L^T` and the gain :math:`K = \Sigma H^T S^{-1}`:
+
+    .. math::
+
+        \mu' = \mu + K r, \qquad
+        \Sigma' = (I - K H)\, \Sigma\, (I - K H)^T + K R K^T, \qquad
+        \ell = \log N(y; H\mu, S)
+
+    The Joseph form is a sum of two positive semi-definite terms, each entry on and below
+    the diagonal computed once (float64) and mirrored: the updated covariance is symmetric
+    exactly and stays positive definite after rounding to float32, where the short form
+    :math:`(I - K H)\Sigma` drifts. Only S is factored (no inverse):
+    :math:`K^T = L^{-T} L^{-1} H \Sigma` and :math:`\ell = -\tfrac12 (k \log 2\pi + |L^{-1} r|^2) - \sum_i \log L_{ii}`.
+
+    Parameters
+    ----------
+    mean : array (..., d)
+    cov : array (..., d, d)
+        Prior covariances (lower triangle read).
+    H : array (..., k, d)
+        Observation matrices.
+    R : array (..., k, k)
+        Observation noise covariances (lower triangle read).
+    y : array (..., k)
+        Observations. The batch shapes of all five broadcast to B (tracks).
+    backend : {"numpy", "cpu", "cuda"}, optional
+
+    Returns
+    -------
+    (mean, cov, log_likelihood) : arrays B + (d,), B + (d, d) and B, dtype
+        ``numpy.result_type`` of the arguments; computed in float64.
+
+    Raises ``numpy.linalg.LinAlgError`` when some S is not positive definite, naming its
+    batch index in B.
+
+    Examples
+    --------
+    >>> import numpy as np, fastgauss
+    >>> mean, cov = np.zeros((1000, 2)), np.broadcast_to(np.eye(2), (1000, 2, 2))   # 1000 tracks
+    >>> H, R = np.array([[1.0, 0.0]]), np.array([[1.0]])                         # observe x[0]
+    >>> y = np.ones((1000, 1))
+    >>> m, c, ll = fastgauss.kalman_update(mean, cov, H, R, y)
+    >>> m[0], c[0]                                         # gain 1/2 on x[0]; x[1] untouched
+    (array([0.5, 0. ]), array([[0.5, 0. ],
+           [0. , 1. ]]))
+    """
+    arrays = {"mean": mean, "cov": cov, "H": H, "R": R, "y": y}
+    name = resolve(backend, arrays)
+    on_device = name == "cuda"
+    mean, mean_shape, mean_dtype = _vectors("mean", mean, on_device)
+    d = mean_shape[-1]
+    cov, cov_shape, cov_dtype = _matrices("cov", cov, on_device, d)
+    y, y_shape, y_dtype = _vectors("y", y, on_device)
+    k = y_shape[-1]
+    H = _checks.data_array("H", H, on_device)
+    H_shape, H_dtype = _checks.shape_dtype(H)
+    H_shape = tuple(H_shape)
+    if len(H_shape) < 2 or H_shape[-2:] != (k, d):
+        raise ValueError(f"H must have shape (..., {k}, {d}) (k = {k} from y, d = {d} from mean); got {H_shape}")
+    R, R_shape, R_dtype = _matrices("R", R, on_device, k, "y")
+    batch = _broadcast_batch({"mean": mean_shape[:-1], "cov": cov_shape[:-2], "H": H_shape[:-2], "R": R_shape[:-2], "y": y_shape[:-1]})
+    dtype = _checks.result_dtype(mean=mean_dtype, cov=cov_dtype, H=H_dtype, R=R_dtype, y=y_dtype)
+    mean_out = _checks.output(None, batch + (d,), dtype, like=mean, inputs={})
+    cov_out = _checks.output(None, batch + (d, d), dtype, like=mean, inputs={})
+    log_likelihood = _checks.output(None, batch, dtype, like=mean, inputs={})
+    status = implementation("kalman_update", name)(
+        mean, cov, H, R, y, batch, mean_out, cov_out=cov_out, log_likelihood_out=log_likelihood
+    )
+    label = "the innovation covariance H cov H^T + R"
+    _raise_failures({label: status.get("innovation", NO_FAILURE)}, {label: batch})
+    return mean_out, cov_out, log_likelihood
+
+
+def _coordinates(index, d):
+    """(index, other): the listed coordinates as non-negative int64 (order kept) and the others,
+    ascending; a host int or sequence of distinct ints in [-d, d)."""
+    if _checks.is_device_array(index):
+        raise TypeError("index must be a host int or sequence of ints (it is small; pass a list or a NumPy array)")
+    if isinstance(index, (bool, np.bool_)):
+        raise TypeError(f"index must be an int or a sequence of ints; got bool {index!r}")
+    listed = np.asarray([index] if isinstance(index, (numbers.Integral, np.integer)) else index)
+    if listed.size == 0:
+        listed = listed.astype(np.int64)
+    if listed.dtype.kind not in "iu":
+        raise TypeError(f"index must be an int or a sequence of ints; got {index!r}")
+    if listed.ndim != 1:
+        raise ValueError(f"index must be an int or a 1-D sequence of ints; got shape {listed.shape}")
+    bad = np.flatnonzero((listed < -d) | (listed >= d))
+    if bad.size:
+        raise ValueError(f"index must be in [-{d}, {d}) (d = {d} from mean); index[{bad[0]}] = {listed[bad[0]]}")
+    listed = np.where(listed < 0, listed + d, listed).astype(np.int64)
+    if np.unique(listed).size != listed.size:
+        raise ValueError(f"index must not repeat a coordinate; got {index!r}")
+    return listed, np.setdiff1d(np.arange(d, dtype=np.int64), listed)
+
+
+def _two_gaussians(mean1, cov1, mean2, cov2, on_device):
+    """Validate two batches of Gaussians of one order d: ((mean1, cov1, mean2, cov2), (cov1 shape,
+    cov2 shape), broadcast batch, result dtype)."""
+    mean1, mean1_shape, mean1_dtype = _vectors("mean1", mean1, on_device)
+    d = mean1_shape[-1]
+    mean2, mean2_shape, mean2_dtype = _vectors("mean2", mean2, on_device, d, "mean1")
+    cov1, cov1_shape, cov1_dtype = _matrices("cov1", cov1, on_device, d, "mean1")
+    cov2, cov2_shape, cov2_dtype = _matrices("cov2", cov2, on_device, d, "mean1")
+    batch = _broadcast_batch({"mean1": mean1_shape[:-1], "cov1": cov1_shape[:-2], "mean2": mean2_shape[:-1], "cov2": cov2_shape[:-2]})
+    dtype = _checks.result_dtype(mean1=mean1_dtype, cov1=cov1_dtype, mean2=mean2_dtype, cov2=cov2_dtype)
+    return (mean1, cov1, mean2, cov2), (cov1_shape, cov2_shape), batch, dtype

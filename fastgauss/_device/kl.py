@@ -318,3 +318,36 @@ def discretized_gaussian_log_likelihood(x, mean, log_scale, half_bin, c):
     p = cdf_plus if x < c.x_low else p
     p = p if not (p < c.min_probability) else c.min_probability
     return log_unit(p, c)
+
+
+# --- Gaussian algebra ---
+
+
+def normal_product(mean1, logvar1, mean2, logvar2, c):
+    """(mean, logvar, log_scale) of one element of N(x; mean1, e^logvar1) N(x; mean2, e^logvar2)
+    = e^log_scale N(x; mean, e^logvar).
+
+    With lo <= hi the two log-variances (mean_lo the mean of the narrower factor) and
+    e = e^(lo - hi) in [0, 1], s = 1 / (1 + e):
+
+        mean = s (mean_lo + e mean_hi),   logvar = lo - log(1 + e),
+        log_scale = log N(mean1; mean2, e^lo + e^hi)
+                  = -0.5 (log 2 pi + hi + log(1 + e) + (mean1 - mean2)^2 e^-hi s)
+
+    one exp of a non-positive number, one of -hi and one log on [1/2, 1] (log(1 + e) =
+    -log s): no overflow of e^-logvar for tiny variances, and a convex combination of
+    the means. NaN propagates (a NaN log-variance makes e NaN).
+    """
+    first = not (logvar2 < logvar1)  # factor 1 is the narrower (or NaN is involved)
+    lo = logvar1 if first else logvar2
+    hi = logvar2 if first else logvar1
+    near = mean1 if first else mean2
+    far = mean2 if first else mean1
+    e = exp(lo - hi, c)
+    s = c.one / (c.one + e)
+    log1pe = -log_unit(s, c)
+    diff = mean1 - mean2
+    mean = s * (near + e * far)
+    logvar = lo - log1pe
+    log_scale = -c.half * (c.log_2pi + hi + log1pe + diff * diff * exp(-hi, c) * s)
+    return mean, logvar, log_scale

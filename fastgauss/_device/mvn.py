@@ -334,3 +334,212 @@ def store_opposite(v, vl, d, want_minus, minus, want_plus, plus, b):
             minus[b, i] = -v[vl, i]
         if want_plus:
             plus[b, i] = v[vl, i]
+# --- Gaussian algebra ---
+# Work buffers are float64 matrices addressed [slot, i, j] (a vector is a column of one):
+# the kernels load the blocks they need into them, factor in place and solve column-wise.
+
+
+def sym(a, c, i, j):
+    """Element (i, j) of the symmetric matrix that the lower triangle of a[c] defines (float64)."""
+    if j > i:
+        return np.float64(a[c, j, i])
+    return np.float64(a[c, i, j])
+
+
+def forward(L, l, n, B, w, cols):
+    """B[w, :n, :cols] = L[l]^-1 B[w, :n, :cols] in place, by forward substitution (L lower, n x n)."""
+    for i in range(n):
+        diagonal = L[l, i, i]
+        for c in range(cols):
+            s = B[w, i, c]
+            for k in range(i):
+                s -= L[l, i, k] * B[w, k, c]
+            B[w, i, c] = s / diagonal
+
+
+def backward(L, l, n, B, w, cols):
+    """B[w, :n, :cols] = L[l]^-T B[w, :n, :cols] in place, by back substitution with L^T."""
+    for r in range(n):
+        i = n - 1 - r
+        diagonal = L[l, i, i]
+        for c in range(cols):
+            s = B[w, i, c]
+            for k in range(i + 1, n):
+                s -= L[l, k, i] * B[w, k, c]
+            B[w, i, c] = s / diagonal
+
+
+def half_logdet(L, l, n):
+    """sum_i log L_ii: half the log-determinant of L L^T."""
+    total = 0.0
+    for i in range(n):
+        total += math.log(L[l, i, i])
+    return total
+
+
+def column_dot(B, w, n, i, j):
+    """sum_k B[w, k, i] B[w, k, j]: entry (i, j) of B^T B over the first n rows."""
+    s = 0.0
+    for k in range(n):
+        s += B[w, k, i] * B[w, k, j]
+    return s
+
+
+def marginal(mean, m, cov, c, index, out_mean, out_cov, b):
+    """The marginal over coordinates ``index``: mean[m, index] and cov[c][index, index] (lower triangle read)."""
+    n = index.size
+    for i in range(n):
+        out_mean[b, i] = mean[m, index[i]]
+        for j in range(i + 1):
+            value = sym(cov, c, index[i], index[j])
+            out_cov[b, i, j] = value
+            out_cov[b, j, i] = value
+
+
+def condition(mean, m, cov, c, value, v, index, other, work, w0, out_mean, out_cov, b):
+    """The conditional of the coordinates ``other`` given x[index] = value[v]; returns the status
+    of the Cholesky factorization of Sigma_22 (0, or the order of its failing leading minor).
+
+    Slot w0 holds L (m x m, factored in place from Sigma_22), slot w0 + 1 holds
+    [Sigma_21 | value - mu_2] (m x (r + 1)), then L^-1 of it: W = L^-1 Sigma_21 and
+    z = L^-1 (value - mu_2). mean_1|2 = mu_1 + W^T z, Sigma_1|2 = Sigma_11 - W^T W.
+    """
+    nm = index.size
+    r = other.size
+    for i in range(nm):
+        for j in range(i + 1):
+            work[w0, i, j] = sym(cov, c, index[i], index[j])
+        for j in range(r):
+            work[w0 + 1, i, j] = sym(cov, c, index[i], other[j])
+        work[w0 + 1, i, r] = np.float64(value[v, i]) - np.float64(mean[m, index[i]])
+    code = factor(work, w0, False, -1.0, work, w0, nm)
+    if code > 0:
+        return code
+    forward(work, w0, nm, work, w0 + 1, r + 1)
+    for i in range(r):
+        out_mean[b, i] = np.float64(mean[m, other[i]]) + column_dot(work, w0 + 1, nm, i, r)
+        for j in range(i + 1):
+            value_ij = sym(cov, c, other[i], other[j]) - column_dot(work, w0 + 1, nm, i, j)
+            out_cov[b, i, j] = value_ij
+            out_cov[b, j, i] = value_ij
+    return 0
+
+
+def affine(mean, m, cov, c, A, a, shift, s, d, k, work, w0, out_mean, out_cov, b):
+    """N(A mean + shift, A cov A^T): slot w0 holds T = A Sigma (k x d); the covariance is
+    computed on and below the diagonal, (T A^T)_ij, and mirrored."""
+    for i in range(k):
+        acc = np.float64(shift[s, i])
+        for j in range(d):
+            acc += np.float64(A[a, i, j]) * np.float64(mean[m, j])
+        out_mean[b, i] = acc
+        for l in range(d):
+            t = 0.0
+            for j in range(d):
+                t += np.float64(A[a, i, j]) * sym(cov, c, j, l)
+            work[w0, i, l] = t
+    for i in range(k):
+        for j in range(i + 1):
+            t = 0.0
+            for l in range(d):
+                t += work[w0, i, l] * np.float64(A[a, j, l])
+            out_cov[b, i, j] = t
+            out_cov[b, j, i] = t
+
+
+def product(mean1, m1, cov1, c1, mean2, m2, cov2, c2, d, log_2pi, work, w0, out_mean, out_cov, b):
+    """The normalized product N(x; mean1, cov1) N(x; mean2, cov2) / Z and log Z; returns
+    (status of the factorization of cov1 + cov2, log Z).
+
+    Only S = cov1 + cov2 is factored (L L^T = S), never cov1 or cov2, so either may be
+    singular or tiny. Slot w0 + 1 holds [cov1 | cov2 | mean2 - mean1] (d x (2d + 1)), then
+    W1 = L^-1 cov1, W2 = L^-1 cov2, z = L^-1 (mean2 - mean1):
+    mean = mean1 + W1^T z, cov = cov1 S^-1 cov2 = W1^T W2 symmetrized (a product of the two
+    covariances, no difference of large terms), log Z = log N(mean1; mean2, S).
+    """
+    for i in range(d):
+        for j in range(i + 1):
+            work[w0, i, j] = sym(cov1, c1, i, j) + sym(cov2, c2, i, j)
+        for j in range(d):
+            work[w0 + 1, i, j] = sym(cov1, c1, i, j)
+            work[w0 + 1, i, d + j] = sym(cov2, c2, i, j)
+        work[w0 + 1, i, 2 * d] = np.float64(mean2[m2, i]) - np.float64(mean1[m1, i])
+    code = factor(work, w0, False, -1.0, work, w0, d)
+    if code > 0:
+        return code, 0.0
+    forward(work, w0, d, work, w0 + 1, 2 * d + 1)
+    squared = column_dot(work, w0 + 1, d, 2 * d, 2 * d)
+    for i in range(d):
+        out_mean[b, i] = np.float64(mean1[m1, i]) + column_dot(work, w0 + 1, d, i, 2 * d)
+        for j in range(i + 1):
+            value = 0.5 * (column_dot(work, w0 + 1, d, i, d + j) + column_dot(work, w0 + 1, d, d + i, j))
+            out_cov[b, i, j] = value
+            out_cov[b, j, i] = value
+    return 0, -0.5 * (d * log_2pi + squared) - half_logdet(work, w0, d)
+
+
+def kalman(mean, m, cov, c, H, h, R, rr, y, yy, d, k, log_2pi, work, w0, out_mean, out_cov, b):
+    """One Kalman measurement update in Joseph form; returns (status of the factorization of
+    the innovation covariance S = H Sigma H^T + R, log N(y; H mean, S)).
+
+    Slots (from w0): 0 Sigma (d x d), 1 P = [H Sigma | y - H mean] (k x (d + 1)), 2 L with
+    L L^T = S (k x k, S's lower triangle then its factor in place), 3 A = I - K H (d x d),
+    4 A Sigma (d x d), 5 R K^T (k x d). With W = L^-1 H Sigma and z = L^-1 (y - H mean):
+    mean' = mean + W^T z; K^T = L^-T W; Sigma' = A Sigma A^T + K R K^T, a sum of two
+    positive semi-definite terms, computed on and below the diagonal and mirrored.
+    """
+    sig, p, lk, am, asig, q = w0, w0 + 1, w0 + 2, w0 + 3, w0 + 4, w0 + 5
+    for i in range(d):
+        for j in range(d):
+            work[sig, i, j] = sym(cov, c, i, j)
+    for i in range(k):
+        hm = 0.0
+        for l in range(d):
+            hm += np.float64(H[h, i, l]) * np.float64(mean[m, l])
+            t = 0.0
+            for j in range(d):
+                t += np.float64(H[h, i, j]) * work[sig, j, l]
+            work[p, i, l] = t
+        work[p, i, d] = np.float64(y[yy, i]) - hm
+    for i in range(k):
+        for j in range(i + 1):
+            t = sym(R, rr, i, j)
+            for l in range(d):
+                t += work[p, i, l] * np.float64(H[h, j, l])
+            work[lk, i, j] = t
+    code = factor(work, lk, False, -1.0, work, lk, k)
+    if code > 0:
+        return code, 0.0
+    forward(work, lk, k, work, p, d + 1)
+    squared = column_dot(work, p, k, d, d)
+    for i in range(d):
+        out_mean[b, i] = np.float64(mean[m, i]) + column_dot(work, p, k, i, d)
+    backward(work, lk, k, work, p, d)  # P[:, :d] = K^T
+    for i in range(d):
+        for j in range(d):
+            t = 1.0 if i == j else 0.0
+            for a in range(k):
+                t -= work[p, a, i] * np.float64(H[h, a, j])
+            work[am, i, j] = t
+    for i in range(d):
+        for j in range(d):
+            t = 0.0
+            for l in range(d):
+                t += work[am, i, l] * work[sig, l, j]
+            work[asig, i, j] = t
+    for a in range(k):
+        for j in range(d):
+            t = 0.0
+            for e in range(k):
+                t += sym(R, rr, a, e) * work[p, e, j]
+            work[q, a, j] = t
+    for i in range(d):
+        for j in range(i + 1):
+            t = 0.0
+            for l in range(d):
+                t += work[asig, i, l] * work[am, j, l]
+            for a in range(k):
+                t += work[p, a, i] * work[q, a, j]
+            out_cov[b, i, j] = t
+            out_cov[b, j, i] = t
+    return 0, -0.5 * (k * log_2pi + squared) - half_logdet(work, lk, k)

@@ -323,6 +323,15 @@ def operand(a, shape, rows, width, dtype):
     return np.ascontiguousarray(np.broadcast_to(a, shape).reshape(rows, width), dtype=dtype)
 
 
+def _elementwise_operands(arrays, shape, rows, width, dtype):
+    """(operands, rows, width) of an elementwise pass: when every argument is a full tensor or a
+    single value, all are seen as one long row, so narrow rows (B, 3) cost no more."""
+    if rows > 1 and _checks.one_row([np.shape(a) for a in arrays], shape):
+        arrays = [np.reshape(a, (1, -1) if np.size(a) > 1 else (1,)) if np.ndim(a) else a for a in arrays]
+        rows, width, shape = 1, rows * width, (1, rows * width)
+    return [operand(a, shape, rows, width, dtype) for a in arrays], rows, width
+
+
 def _plan(rows, width):
     chunks_per_row = -(-width // CHUNK)
     rows_per_item = max(1, CHUNK // width) if chunks_per_row == 1 else 1
@@ -343,11 +352,11 @@ def _run(op, arrays, extra, shape, reduce, out):
         return
     if width == 0:
         return
-    if reduce is None and rows > 1 and _checks.one_row([np.shape(a) for a in arrays], shape):
-        # Elementwise over full tensors and scalars: one long row, so narrow rows (B, 3) cost no more.
-        arrays = [np.reshape(a, (1, -1) if np.size(a) > 1 else (1,)) if np.ndim(a) else a for a in arrays]
-        rows, width, shape = 1, rows * width, (1, rows * width)
-    operands = [operand(a, shape, rows, width, dtype) for a in arrays] + [dtype.type(0)] * (4 - len(arrays))
+    if reduce is None:
+        operands, rows, width = _elementwise_operands(arrays, shape, rows, width, dtype)
+    else:
+        operands = [operand(a, shape, rows, width, dtype) for a in arrays]
+    operands += [dtype.type(0)] * (4 - len(arrays))
     chunks_per_row, rows_per_item = _plan(rows, width)
     c = _kl.constants(dtype)
     if reduce is None:
@@ -375,3 +384,40 @@ def normal_logpdf(x, mean, logvar, *, shape, reduce, out):
 
 def discretized_gaussian_log_likelihood(x, means, log_scales, *, bins, shape, reduce, out):
     _run("discretized_gaussian_log_likelihood", (x, means, log_scales), out.dtype.type(1.0 / bins), shape, reduce, out)
+
+
+# --- Gaussian algebra ---
+# normal_product: three outputs per element, the same layout, work items and operand kinds
+# as _rows (elementwise only).
+
+_normal_product = _d.normal_product
+
+
+@numba.njit(parallel=True, **KERNEL)
+def _product_rows(a, b, v, w, c, means, logvars, log_scales, rows, width, chunks_per_row, rows_per_item):
+    for item in numba.prange(-(-rows // rows_per_item) * chunks_per_row):
+        first, last, chunk, start, stop = _item(item, rows, width, chunks_per_row, rows_per_item)
+        for r in range(first, last):
+            sa = segment(a, r, start, stop)
+            sb = segment(b, r, start, stop)
+            sv = segment(v, r, start, stop)
+            sw = segment(w, r, start, stop)
+            mean_row, logvar_row, log_scale_row = means[r, start:stop], logvars[r, start:stop], log_scales[r, start:stop]
+            for j in range(stop - start):
+                mean_row[j], logvar_row[j], log_scale_row[j] = _normal_product(at(sa, j), at(sb, j), at(sv, j), at(sw, j), c)
+
+
+def normal_product(mean1, logvar1, mean2, logvar2, *, shape, mean_out, logvar_out, log_scale_out):
+    dtype = mean_out.dtype
+    rows = shape[0] if len(shape) else 1
+    width = _checks.size(shape[1:])
+    if rows == 0 or width == 0:
+        return
+    operands, rows, width = _elementwise_operands((mean1, logvar1, mean2, logvar2), shape, rows, width, dtype)
+    outs = (mean_out, logvar_out, log_scale_out)
+    targets = [out.reshape(rows, width) if out.flags.c_contiguous else np.empty((rows, width), dtype) for out in outs]
+    chunks_per_row, rows_per_item = _plan(rows, width)
+    launch(_product_rows, *operands, _kl.constants(dtype), *targets, rows, width, chunks_per_row, rows_per_item)
+    for out, target in zip(outs, targets):
+        if not np.may_share_memory(out, target):
+            out[...] = target.reshape(out.shape)

@@ -651,3 +651,188 @@ def mvn_kl_vjp(cotangent, mean1, cov1, mean2, cov2, batch, *, grad_mean1, grad_c
     _finish_matrices(grad_cov1, targets[1], batch, batches[1], True, mats[0])
     _finish_matrices(grad_cov2, targets[3], batch, batches[3], True, mats[1])
     return status
+# --- Gaussian algebra ---
+# One prange item per chunk of outputs; each chunk owns a small float64 work buffer (slots of
+# the blocks being factored and solved, L1-resident) and writes each output once. Inputs are
+# C-contiguous (count, ...) arrays of the result dtype (a copy only for non-contiguous or
+# mixed-dtype inputs): one specialization per dtype. A covariance shared by several outputs
+# (a broadcast batch) is read, and its block factored, once per output.
+
+# The algebra's device functions are compiled without Numba-level inlining (LLVM still inlines
+# them): the same speed, and half the compile time of kalman_update's kernel (8 s -> 4 s a dtype).
+_a = _device.compile_for(numba.njit(error_model="numpy"), _mvn)
+_marginal = _a.marginal
+_condition = _a.condition
+_affine = _a.affine
+_product = _a.product
+_kalman = _a.kalman
+
+
+@numba.njit(parallel=True, **KERNEL)
+def _marginal_kernel(mean, cov, index, shape, strides, per_chunk, out_mean, out_cov):
+    """strides: (2, nd) operand strides of mean and cov."""
+    n = out_mean.shape[0]
+    nd = shape.size
+    for chunk in numba.prange((n + per_chunk - 1) // per_chunk):
+        start = chunk * per_chunk
+        for b in range(start, min(start + per_chunk, n)):
+            m = _operand_index(b, shape, strides[0], nd)
+            c = _operand_index(b, shape, strides[1], nd)
+            _marginal(mean, m, cov, c, index, out_mean, out_cov, b)
+
+
+@numba.njit(parallel=True, **KERNEL)
+def _condition_kernel(mean, cov, value, index, other, shape, strides, per_chunk, out_mean, out_cov, status):
+    """strides: (3, nd) of mean, cov, value; status[c] = the failing minor of cov c's Sigma_22."""
+    n = out_mean.shape[0]
+    nd = shape.size
+    rows = index.size
+    for chunk in numba.prange((n + per_chunk - 1) // per_chunk):
+        work = np.empty((2, rows, max(rows, other.size + 1)))
+        start = chunk * per_chunk
+        for b in range(start, min(start + per_chunk, n)):
+            m = _operand_index(b, shape, strides[0], nd)
+            c = _operand_index(b, shape, strides[1], nd)
+            v = _operand_index(b, shape, strides[2], nd)
+            code = _condition(mean, m, cov, c, value, v, index, other, work, 0, out_mean, out_cov, b)
+            if code > 0:
+                status[c] = code
+
+
+@numba.njit(parallel=True, **KERNEL)
+def _affine_kernel(mean, cov, A, shift, shape, strides, per_chunk, out_mean, out_cov):
+    """strides: (4, nd) of mean, cov, A, shift."""
+    n = out_mean.shape[0]
+    d = mean.shape[1]
+    k = A.shape[1]
+    nd = shape.size
+    for chunk in numba.prange((n + per_chunk - 1) // per_chunk):
+        work = np.empty((1, k, d))
+        start = chunk * per_chunk
+        for b in range(start, min(start + per_chunk, n)):
+            m = _operand_index(b, shape, strides[0], nd)
+            c = _operand_index(b, shape, strides[1], nd)
+            a = _operand_index(b, shape, strides[2], nd)
+            s = _operand_index(b, shape, strides[3], nd)
+            _affine(mean, m, cov, c, A, a, shift, s, d, k, work, 0, out_mean, out_cov, b)
+
+
+@numba.njit(parallel=True, **KERNEL)
+def _product_kernel(mean1, cov1, mean2, cov2, shape, strides, per_chunk, out_mean, out_cov, out_log_scale, status):
+    """strides: (4, nd) of mean1, cov1, mean2, cov2; status[b]: the failing minor of cov1 + cov2."""
+    n = out_mean.shape[0]
+    d = mean1.shape[1]
+    nd = shape.size
+    for chunk in numba.prange((n + per_chunk - 1) // per_chunk):
+        work = np.empty((2, d, 2 * d + 1))
+        start = chunk * per_chunk
+        for b in range(start, min(start + per_chunk, n)):
+            m1 = _operand_index(b, shape, strides[0], nd)
+            c1 = _operand_index(b, shape, strides[1], nd)
+            m2 = _operand_index(b, shape, strides[2], nd)
+            c2 = _operand_index(b, shape, strides[3], nd)
+            code, log_scale = _product(mean1, m1, cov1, c1, mean2, m2, cov2, c2, d, LOG_2PI, work, 0, out_mean, out_cov, b)
+            status[b] = code
+            out_log_scale[b] = log_scale
+
+
+@numba.njit(parallel=True, **KERNEL)
+def _kalman_kernel(mean, cov, H, R, y, shape, strides, per_chunk, out_mean, out_cov, out_log_likelihood, status):
+    """strides: (5, nd) of mean, cov, H, R, y; status[b]: the failing minor of H cov H^T + R."""
+    n = out_mean.shape[0]
+    d = mean.shape[1]
+    k = y.shape[1]
+    nd = shape.size
+    size = max(d, k) + 1
+    for chunk in numba.prange((n + per_chunk - 1) // per_chunk):
+        work = np.empty((6, size, size))
+        start = chunk * per_chunk
+        for b in range(start, min(start + per_chunk, n)):
+            m = _operand_index(b, shape, strides[0], nd)
+            c = _operand_index(b, shape, strides[1], nd)
+            h = _operand_index(b, shape, strides[2], nd)
+            r = _operand_index(b, shape, strides[3], nd)
+            yy = _operand_index(b, shape, strides[4], nd)
+            code, log_likelihood = _kalman(mean, m, cov, c, H, h, R, r, y, yy, d, k, LOG_2PI, work, 0, out_mean, out_cov, b)
+            status[b] = code
+            out_log_likelihood[b] = log_likelihood
+
+
+def _algebra_geometry(batch, *operands):
+    """(shape, strides (operands, nd)) of geometry(), for operands given as (array, trailing axes)."""
+    shape, *strides = geometry(batch, *(a.shape[: a.ndim - axes] for a, axes in operands))
+    return shape, np.stack(strides)
+
+
+def _flat_outputs(batch, *outs):
+    """Each output viewed as (batch count, ...) (fresh C-contiguous arrays, so views)."""
+    n = int(np.prod(batch))
+    return n, [out.reshape((n,) + out.shape[len(batch) :]) for out in outs]
+
+
+def mvn_affine(mean, cov, A, b, batch, mean_out, cov_out):
+    dtype = mean_out.dtype
+    k = A.shape[-2]
+    shift = np.zeros(k, dtype) if b is None else b
+    n, (out_mean, out_cov) = _flat_outputs(batch, mean_out, cov_out)
+    if n == 0 or k == 0:
+        return {}
+    shape, strides = _algebra_geometry(batch, (mean, 1), (cov, 2), (A, 2), (shift, 1))
+    launch(
+        _affine_kernel, _vectors(mean, dtype), _matrices(cov, dtype), _matrices(A, dtype), _vectors(shift, dtype),
+        shape, strides, per_chunk(n), out_mean, out_cov,
+    )
+    return {}
+
+
+def mvn_marginal(mean, cov, index, batch, mean_out, cov_out):
+    dtype = mean_out.dtype
+    n, (out_mean, out_cov) = _flat_outputs(batch, mean_out, cov_out)
+    if n == 0 or index.size == 0:
+        return {}
+    shape, strides = _algebra_geometry(batch, (mean, 1), (cov, 2))
+    launch(_marginal_kernel, _vectors(mean, dtype), _matrices(cov, dtype), index, shape, strides, per_chunk(n), out_mean, out_cov)
+    return {}
+
+
+def mvn_condition(mean, cov, index, other, value, batch, mean_out, *, cov_out):
+    dtype = mean_out.dtype
+    n, (out_mean, out_cov) = _flat_outputs(batch, mean_out, cov_out)
+    covs = _matrices(cov, dtype)
+    status = np.zeros(covs.shape[0], np.int32)
+    if n == 0:
+        return {"cov": NO_FAILURE}
+    shape, strides = _algebra_geometry(batch, (mean, 1), (cov, 2), (value, 1))
+    launch(
+        _condition_kernel, _vectors(mean, dtype), covs, _vectors(value, dtype), index, other, shape, strides, per_chunk(n),
+        out_mean, out_cov, status,
+    )
+    return {"cov": summarize(status)}
+
+
+def gaussian_product(mean1, cov1, mean2, cov2, batch, mean_out, cov_out, *, log_scale_out):
+    dtype = mean_out.dtype
+    n, (out_mean, out_cov, out_log_scale) = _flat_outputs(batch, mean_out, cov_out, log_scale_out)
+    if n == 0:
+        return {"sum": NO_FAILURE}
+    status = np.empty(n, np.int32)
+    shape, strides = _algebra_geometry(batch, (mean1, 1), (cov1, 2), (mean2, 1), (cov2, 2))
+    launch(
+        _product_kernel, _vectors(mean1, dtype), _matrices(cov1, dtype), _vectors(mean2, dtype), _matrices(cov2, dtype),
+        shape, strides, per_chunk(n), out_mean, out_cov, out_log_scale, status,
+    )
+    return {"sum": summarize(status)}
+
+
+def kalman_update(mean, cov, H, R, y, batch, mean_out, *, cov_out, log_likelihood_out):
+    dtype = mean_out.dtype
+    n, (out_mean, out_cov, out_log_likelihood) = _flat_outputs(batch, mean_out, cov_out, log_likelihood_out)
+    if n == 0:
+        return {"innovation": NO_FAILURE}
+    status = np.empty(n, np.int32)
+    shape, strides = _algebra_geometry(batch, (mean, 1), (cov, 2), (H, 2), (R, 2), (y, 1))
+    launch(
+        _kalman_kernel, _vectors(mean, dtype), _matrices(cov, dtype), _matrices(H, dtype), _matrices(R, dtype), _vectors(y, dtype),
+        shape, strides, per_chunk(n), out_mean, out_cov, out_log_likelihood, status,
+    )
+    return {"innovation": summarize(status)}

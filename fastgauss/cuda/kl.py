@@ -152,6 +152,15 @@ def operand(name, a, shape, rows, width, dtype):
     return as_flat(name, view).reshape(target)
 
 
+def _elementwise_operands(names, arrays, shape, rows, width, dtype):
+    """(operands, rows, width) of an elementwise pass: when every argument is a full tensor or a
+    single value, all are seen as one long row, so narrow rows (B, 3) keep the GPU busy."""
+    if rows > 1 and _checks.one_row([_shape(a) for a in arrays], shape):
+        arrays = [a if _checks.is_scalar(a) else as_flat(n, _numba_view(a)).reshape(1, -1) for n, a in zip(names, arrays)]
+        rows, width, shape = 1, rows * width, (1, rows * width)
+    return [operand(n, a, shape, rows, width, dtype) for n, a in zip(names, arrays)], rows, width
+
+
 def _run(op, names, arrays, extra, shape, reduce, out, threads=THREADS):
     """``threads`` (at most THREADS): the block size of the main kernel (tests use others)."""
     dtype = _checks.shape_dtype(out)[1]
@@ -165,11 +174,10 @@ def _run(op, names, arrays, extra, shape, reduce, out, threads=THREADS):
         return
     if width == 0:
         return
-    if reduce is None and rows > 1 and _checks.one_row([_shape(a) for a in arrays], shape):
-        # Elementwise over full tensors and scalars: one long row, so narrow rows (B, 3) keep the GPU busy.
-        arrays = [a if _checks.is_scalar(a) else as_flat(n, _numba_view(a)).reshape(1, -1) for n, a in zip(names, arrays)]
-        rows, width, shape = 1, rows * width, (1, rows * width)
-    operands = [operand(n, a, shape, rows, width, dtype) for n, a in zip(names, arrays)]
+    if reduce is None:
+        operands, rows, width = _elementwise_operands(names, arrays, shape, rows, width, dtype)
+    else:
+        operands = [operand(n, a, shape, rows, width, dtype) for n, a in zip(names, arrays)]
     if len(operands) == 3:
         operands.append(operands[0])  # w: never read by the three-operand ops
     extra = np.dtype(dtype).type(extra)
@@ -196,3 +204,33 @@ def discretized_gaussian_log_likelihood(x, means, log_scales, *, bins, shape, re
         "discretized_gaussian_log_likelihood", ("x", "means", "log_scales"), (x, means, log_scales), 1.0 / bins,
         shape, reduce, out,
     )
+
+
+# --- Gaussian algebra ---
+# normal_product: three outputs per element, the grid and operand kinds of _rows.
+
+_normal_product = _d.normal_product
+
+
+@cuda.jit(cache=True)
+def _product_rows(a, b, v, w, c, means, logvars, log_scales):
+    rows, width = means.shape
+    for r in range(cuda.blockIdx.y, rows, cuda.gridDim.y):
+        for j in range(cuda.grid(1), width, cuda.gridsize(1)):
+            mean, logvar, log_scale = _normal_product(load(a, r, j), load(b, r, j), load(v, r, j), load(w, r, j), c)
+            means[r, j] = mean
+            logvars[r, j] = logvar
+            log_scales[r, j] = log_scale
+
+
+def normal_product(mean1, logvar1, mean2, logvar2, *, shape, mean_out, logvar_out, log_scale_out):
+    dtype = _checks.shape_dtype(mean_out)[1]
+    rows = shape[0] if len(shape) else 1
+    width = _checks.size(shape[1:])
+    if rows == 0 or width == 0:
+        return
+    names = ("mean1", "logvar1", "mean2", "logvar2")
+    operands, rows, width = _elementwise_operands(names, (mean1, logvar1, mean2, logvar2), shape, rows, width, dtype)
+    outs = [as_flat(n, _numba_view(o)).reshape(rows, width) for n, o in zip(("mean", "logvar", "log_scale"), (mean_out, logvar_out, log_scale_out))]
+    blocks, threads = grid(rows, width)
+    _product_rows[blocks, threads](*operands, _kl.constants(dtype), *outs)

@@ -735,3 +735,183 @@ def mvn_kl_vjp(cotangent, mean1, cov1, mean2, cov2, batch, *, grad_mean1, grad_c
     _finish("mean2", grad_mean2, targets[2], batch, batches[2])
     _finish("cov2", grad_cov2, targets[3], batch, batches[3], True, mats[1])
     return status
+# --- Gaussian algebra ---
+# One thread per output (grid-stride). Each thread's work buffer (the slots of the blocks it
+# factors and solves) is its own rows of a float64 scratch in global memory, sized by the
+# threads launched, not by the batch (L1/L2-resident for small d; correct for any d, not tuned).
+
+_marginal = _d.marginal
+_condition = _d.condition
+_affine = _d.affine
+_product = _d.product
+_kalman = _d.kalman
+LOG_2PI = float(np.log(2 * np.pi))
+
+
+@cuda.jit(cache=True)
+def _marginal_kernel(mean, cov, index, shape, strides, out_mean, out_cov):
+    nd = shape.size
+    for b in range(cuda.grid(1), out_mean.shape[0], cuda.gridsize(1)):
+        m = _operand_index(b, shape, strides[0], nd)
+        c = _operand_index(b, shape, strides[1], nd)
+        _marginal(mean, m, cov, c, index, out_mean, out_cov, b)
+
+
+@cuda.jit(cache=True)
+def _condition_kernel(mean, cov, value, index, other, shape, strides, work, out_mean, out_cov, status):
+    nd = shape.size
+    w0 = 2 * cuda.grid(1)
+    for b in range(cuda.grid(1), out_mean.shape[0], cuda.gridsize(1)):
+        m = _operand_index(b, shape, strides[0], nd)
+        c = _operand_index(b, shape, strides[1], nd)
+        v = _operand_index(b, shape, strides[2], nd)
+        code = _condition(mean, m, cov, c, value, v, index, other, work, w0, out_mean, out_cov, b)
+        if code > 0:
+            status[c] = code
+
+
+@cuda.jit(cache=True)
+def _affine_kernel(mean, cov, A, shift, shape, strides, work, out_mean, out_cov):
+    nd = shape.size
+    d = mean.shape[1]
+    k = A.shape[1]
+    for b in range(cuda.grid(1), out_mean.shape[0], cuda.gridsize(1)):
+        m = _operand_index(b, shape, strides[0], nd)
+        c = _operand_index(b, shape, strides[1], nd)
+        a = _operand_index(b, shape, strides[2], nd)
+        s = _operand_index(b, shape, strides[3], nd)
+        _affine(mean, m, cov, c, A, a, shift, s, d, k, work, cuda.grid(1), out_mean, out_cov, b)
+
+
+@cuda.jit(cache=True)
+def _product_kernel(mean1, cov1, mean2, cov2, shape, strides, log_2pi, work, out_mean, out_cov, out_log_scale, status):
+    nd = shape.size
+    d = mean1.shape[1]
+    w0 = 2 * cuda.grid(1)
+    for b in range(cuda.grid(1), out_mean.shape[0], cuda.gridsize(1)):
+        m1 = _operand_index(b, shape, strides[0], nd)
+        c1 = _operand_index(b, shape, strides[1], nd)
+        m2 = _operand_index(b, shape, strides[2], nd)
+        c2 = _operand_index(b, shape, strides[3], nd)
+        code, log_scale = _product(mean1, m1, cov1, c1, mean2, m2, cov2, c2, d, log_2pi, work, w0, out_mean, out_cov, b)
+        status[b] = code
+        out_log_scale[b] = log_scale
+
+
+@cuda.jit(cache=True)
+def _kalman_kernel(mean, cov, H, R, y, shape, strides, log_2pi, work, out_mean, out_cov, out_log_likelihood, status):
+    nd = shape.size
+    d = mean.shape[1]
+    k = y.shape[1]
+    w0 = 6 * cuda.grid(1)
+    for b in range(cuda.grid(1), out_mean.shape[0], cuda.gridsize(1)):
+        m = _operand_index(b, shape, strides[0], nd)
+        c = _operand_index(b, shape, strides[1], nd)
+        h = _operand_index(b, shape, strides[2], nd)
+        r = _operand_index(b, shape, strides[3], nd)
+        yy = _operand_index(b, shape, strides[4], nd)
+        code, log_likelihood = _kalman(mean, m, cov, c, H, h, R, r, y, yy, d, k, log_2pi, work, w0, out_mean, out_cov, b)
+        status[b] = code
+        out_log_likelihood[b] = log_likelihood
+
+
+def _algebra_geometry(batch, *operands):
+    """Device (shape, strides (operands, nd)) of geometry(), for operands given as (array, trailing axes)."""
+    host = geometry(batch, *(tuple(shape_dtype(a)[0])[: len(shape_dtype(a)[0]) - axes] for a, axes in operands))
+    return cuda.to_device(host[0]), cuda.to_device(np.stack(host[1:]))
+
+
+ALGEBRA_MAX_BLOCKS = 256  # 65,536 threads: about what an H100 keeps resident at these kernels' 96-160 registers
+
+
+def _scratch(n, slots, rows, cols):
+    """(blocks, threads, work): the launch over n outputs (at most ALGEBRA_MAX_BLOCKS blocks, the
+    grid-stride loops cover the rest) and its float64 scratch, ``slots`` (rows, cols) buffers per
+    thread launched: for kalman_update with d = 4, at most 65,536 x 1.2 kB."""
+    blocks, threads = launch_config(n)
+    blocks = min(blocks, ALGEBRA_MAX_BLOCKS)
+    return blocks, threads, cuda.device_array((max(1, blocks * threads * slots), max(1, rows), max(1, cols)), np.float64)
+
+
+def _flat(name, batch, out, trailing=()):
+    """A fresh output viewed as (batch count,) + trailing."""
+    return _view(name, out, (int(np.prod(batch)),) + tuple(trailing))
+
+
+def mvn_affine(mean, cov, A, b, batch, mean_out, cov_out):
+    d = shape_dtype(mean)[0][-1]
+    k = shape_dtype(A)[0][-2]
+    n = int(np.prod(batch))
+    if n == 0 or k == 0:
+        return {}
+    if b is None:
+        b = cuda.to_device(np.zeros(k, shape_dtype(mean_out)[1]))
+    geometry_arrays = _algebra_geometry(batch, (mean, 1), (cov, 2), (A, 2), (b, 1))
+    blocks, threads, work = _scratch(n, 1, k, d)
+    _affine_kernel[blocks, threads](
+        _vectors("mean", mean), _matrices("cov", cov), _matrices("A", A), _vectors("b", b), *geometry_arrays, work,
+        _flat("mean_out", batch, mean_out, (k,)), _flat("cov_out", batch, cov_out, (k, k)),
+    )
+    return {}
+
+
+def mvn_marginal(mean, cov, index, batch, mean_out, cov_out):
+    n = int(np.prod(batch))
+    m = index.size
+    if n == 0 or m == 0:
+        return {}
+    geometry_arrays = _algebra_geometry(batch, (mean, 1), (cov, 2))
+    _launch(
+        _marginal_kernel, n, _vectors("mean", mean), _matrices("cov", cov), cuda.to_device(index), *geometry_arrays,
+        _flat("mean_out", batch, mean_out, (m,)), _flat("cov_out", batch, cov_out, (m, m)),
+    )
+    return {}
+
+
+def mvn_condition(mean, cov, index, other, value, batch, mean_out, *, cov_out):
+    n = int(np.prod(batch))
+    covs = _matrices("cov", cov)
+    if n == 0:
+        return {"cov": NO_FAILURE}
+    m, r = index.size, other.size
+    status = cuda.to_device(np.zeros(covs.shape[0], np.int32))
+    geometry_arrays = _algebra_geometry(batch, (mean, 1), (cov, 2), (value, 1))
+    blocks, threads, work = _scratch(n, 2, m, max(m, r + 1))
+    _condition_kernel[blocks, threads](
+        _vectors("mean", mean), covs, _vectors("value", value), cuda.to_device(index), cuda.to_device(other), *geometry_arrays,
+        work, _flat("mean_out", batch, mean_out, (r,)), _flat("cov_out", batch, cov_out, (r, r)), status,
+    )
+    return {"cov": _summary(status)}
+
+
+def gaussian_product(mean1, cov1, mean2, cov2, batch, mean_out, cov_out, *, log_scale_out):
+    n = int(np.prod(batch))
+    if n == 0:
+        return {"sum": NO_FAILURE}
+    d = shape_dtype(mean1)[0][-1]
+    status = cuda.device_array(n, np.int32)
+    geometry_arrays = _algebra_geometry(batch, (mean1, 1), (cov1, 2), (mean2, 1), (cov2, 2))
+    blocks, threads, work = _scratch(n, 2, d, 2 * d + 1)
+    _product_kernel[blocks, threads](
+        _vectors("mean1", mean1), _matrices("cov1", cov1), _vectors("mean2", mean2), _matrices("cov2", cov2), *geometry_arrays,
+        LOG_2PI, work, _flat("mean_out", batch, mean_out, (d,)), _flat("cov_out", batch, cov_out, (d, d)),
+        _flat("log_scale_out", batch, log_scale_out), status,
+    )
+    return {"sum": _summary(status)}
+
+
+def kalman_update(mean, cov, H, R, y, batch, mean_out, *, cov_out, log_likelihood_out):
+    n = int(np.prod(batch))
+    if n == 0:
+        return {"innovation": NO_FAILURE}
+    d, k = shape_dtype(mean)[0][-1], shape_dtype(y)[0][-1]
+    status = cuda.device_array(n, np.int32)
+    geometry_arrays = _algebra_geometry(batch, (mean, 1), (cov, 2), (H, 2), (R, 2), (y, 1))
+    size = max(d, k) + 1
+    blocks, threads, work = _scratch(n, 6, size, size)
+    _kalman_kernel[blocks, threads](
+        _vectors("mean", mean), _matrices("cov", cov), _matrices("H", H), _matrices("R", R), _vectors("y", y), *geometry_arrays,
+        LOG_2PI, work, _flat("mean_out", batch, mean_out, (d,)), _flat("cov_out", batch, cov_out, (d, d)),
+        _flat("log_likelihood_out", batch, log_likelihood_out), status,
+    )
+    return {"innovation": _summary(status)}

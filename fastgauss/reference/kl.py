@@ -78,3 +78,20 @@ def discretized_gaussian_log_likelihood(x, means, log_scales, *, bins, shape, re
         cdf_delta = cdf_plus - cdf_min
         log_probs = np.where(x < -0.999, log_cdf_plus, np.where(x > 0.999, log_one_minus_cdf_min, _clamped_log(cdf_delta)))
     _finish(log_probs, shape, reduce, out)
+
+
+# --- Gaussian algebra ---
+
+
+def normal_product(mean1, logvar1, mean2, logvar2, *, shape, mean_out, logvar_out, log_scale_out):
+    """N(x; m1, e^v1) N(x; m2, e^v2) = e^log_scale N(x; m, e^v), elementwise: precisions add,
+    e^-v = e^-v1 + e^-v2; m = (m1 e^-v1 + m2 e^-v2) e^v; log_scale = log N(m1; m2, e^v1 + e^v2)."""
+    mean1, logvar1, mean2, logvar2 = _float64(mean1, logvar1, mean2, logvar2)
+    with np.errstate(all="ignore"):
+        logvar = -np.logaddexp(-logvar1, -logvar2)
+        mean = (mean1 * np.exp(-logvar1) + mean2 * np.exp(-logvar2)) * np.exp(logvar)
+        log_total = np.logaddexp(logvar1, logvar2)
+        log_scale = -0.5 * (np.log(2.0 * np.pi) + log_total + (mean1 - mean2) ** 2 * np.exp(-log_total))
+    mean_out[...] = np.broadcast_to(mean, shape)
+    logvar_out[...] = np.broadcast_to(logvar, shape)
+    log_scale_out[...] = np.broadcast_to(log_scale, shape)

@@ -269,4 +269,92 @@ def mvn_kl_vjp(cotangent, mean1, cov1, mean2, cov2, batch, *, grad_mean1, grad_c
     if grad_cov2 is not None:
         grad_L2 = g[..., None, None] * (eye / np.diagonal(L2, axis1=-2, axis2=-1)[..., None] - np.tril(A @ _transpose(M)) - np.tril(v @ _transpose(w)))
         _write_matrix_grad(L2, grad_L2, L2.shape, grad_cov2, None)
+# --- Gaussian algebra ---
+# Covariances are the symmetric matrices their lower triangles define (as everywhere in the
+# family); results are symmetrized, 0.5 (C + C^T), so the spec is symmetric exactly.
+
+
+def _symmetric(a):
+    a = np.asarray(a, dtype=np.float64)
+    return np.tril(a) + np.swapaxes(np.tril(a, -1), -1, -2)
+
+
+def _halves(c):
+    return 0.5 * (c + np.swapaxes(c, -1, -2))
+
+
+def _t(a):
+    return np.swapaxes(a, -1, -2)
+
+
+def mvn_affine(mean, cov, A, b, batch, mean_out, cov_out):
+    """A x + b for x ~ N(mean, cov): N(A mean + b, A cov A^T)."""
+    A = np.asarray(A, dtype=np.float64)
+    shift = 0.0 if b is None else np.asarray(b, dtype=np.float64)
+    mean_out[...] = (A @ np.asarray(mean, dtype=np.float64)[..., None])[..., 0] + shift
+    cov_out[...] = _halves(A @ _symmetric(cov) @ _t(A))
+    return {}
+
+
+def mvn_marginal(mean, cov, index, batch, mean_out, cov_out):
+    """The marginal over coordinates ``index``: mean[..., index], cov[..., index, index]."""
+    mean_out[...] = np.asarray(mean, dtype=np.float64)[..., index]
+    cov_out[...] = _symmetric(cov)[..., index[:, None], index[None, :]]
+    return {}
+
+
+def mvn_condition(mean, cov, index, other, value, batch, mean_out, *, cov_out):
+    """x_1 | x_2 = value with x_2 = x[index], x_1 = x[other]:
+    mu_1 + S_12 S_22^-1 (value - mu_2), S_11 - S_12 S_22^-1 S_21, through L L^T = S_22."""
+    sigma = _symmetric(cov)
+    mean = np.asarray(mean, dtype=np.float64)
+    L, codes = factor(sigma[..., index[:, None], index[None, :]])
+    status = {"cov": summarize(codes)}
+    if status["cov"][0] >= 0:
+        return status
+    W = solve_lower(L, sigma[..., index[:, None], other[None, :]])  # L^-1 S_21
+    z = solve_lower(L, (np.asarray(value, dtype=np.float64) - mean[..., index])[..., None])  # L^-1 (value - mu_2)
+    mean_out[...] = mean[..., other] + (_t(W) @ z)[..., 0]
+    cov_out[...] = _halves(sigma[..., other[:, None], other[None, :]] - _t(W) @ W)
+    return status
+
+
+def gaussian_product(mean1, cov1, mean2, cov2, batch, mean_out, cov_out, *, log_scale_out):
+    """N(x; m1, S1) N(x; m2, S2) = N(m1; m2, S1 + S2) N(x; m, S) with
+    S = S1 (S1 + S2)^-1 S2 and m = S2 (S1 + S2)^-1 m1 + S1 (S1 + S2)^-1 m2."""
+    s1, s2 = _symmetric(cov1), _symmetric(cov2)
+    m1, m2 = np.asarray(mean1, dtype=np.float64), np.asarray(mean2, dtype=np.float64)
+    total = s1 + s2
+    L, codes = factor(total)
+    status = {"sum": summarize(codes)}
+    if status["sum"][0] >= 0:
+        return status
+    d = total.shape[-1]
+    mean_out[...] = (s2 @ np.linalg.solve(total, m1[..., None]) + s1 @ np.linalg.solve(total, m2[..., None]))[..., 0]
+    cov_out[...] = _halves(s1 @ np.linalg.solve(total, s2))
+    z = solve_lower(L, (m1 - m2)[..., None])[..., 0]
+    log_scale_out[...] = -0.5 * (d * LOG_2PI + (z**2).sum(axis=-1)) - np.log(np.diagonal(L, axis1=-2, axis2=-1)).sum(axis=-1)
+    return status
+
+
+def kalman_update(mean, cov, H, R, y, batch, mean_out, *, cov_out, log_likelihood_out):
+    """The update of N(mean, cov) by y = H x + noise, noise ~ N(0, R): S = H cov H^T + R,
+    K = cov H^T S^-1, mean + K (y - H mean), Joseph form (I - K H) cov (I - K H)^T + K R K^T,
+    and the log-likelihood log N(y; H mean, S)."""
+    sigma, noise = _symmetric(cov), _symmetric(R)
+    H = np.asarray(H, dtype=np.float64)
+    mean = np.asarray(mean, dtype=np.float64)
+    S = H @ sigma @ _t(H) + noise
+    L, codes = factor(S)
+    status = {"innovation": summarize(codes)}
+    if status["innovation"][0] >= 0:
+        return status
+    d, k = sigma.shape[-1], S.shape[-1]
+    innovation = np.asarray(y, dtype=np.float64) - (H @ mean[..., None])[..., 0]
+    K = _t(np.linalg.solve(S, H @ sigma))  # S is symmetric: K^T = S^-1 H sigma
+    mean_out[...] = mean + (K @ innovation[..., None])[..., 0]
+    A = np.eye(d) - K @ H
+    cov_out[...] = _halves(A @ sigma @ _t(A) + K @ noise @ _t(K))
+    z = solve_lower(L, innovation[..., None])[..., 0]
+    log_likelihood_out[...] = -0.5 * (k * LOG_2PI + (z**2).sum(axis=-1)) - np.log(np.diagonal(L, axis1=-2, axis2=-1)).sum(axis=-1)
     return status
