@@ -24,6 +24,7 @@ from fastgauss.kl import discretized_gaussian_log_likelihood, normal_kl, normal_
 from fastgauss.mvn import cholesky, mvn_kl, mvn_logpdf, mvn_sample
 from fastgauss.random import Generator, default_rng
 from fastgauss.schedules import NoiseSchedule
+from fastgauss.vjp import vjp
 
 __version__ = "0.1.0"
 
@@ -53,6 +54,7 @@ __all__ = [
     "discretized_gaussian_log_likelihood",
     "set_backend",
     "use_backend",
+    "vjp",
 ]
 
 

@@ -12,6 +12,7 @@ import contextvars
 import functools
 import importlib
 import os
+import sys
 import threading
 from typing import NamedTuple
 
@@ -39,6 +40,7 @@ class Op(NamedTuple):
 
 _LINEAR = "{}, {}, t, schedule, out"
 _GENERATOR = "out, key, offset"
+_LINEAR_VJP = "cotangent, t, schedule, grad_{}, grad_{}"
 
 # The one place an op is registered: op name -> Op(family, backend arguments).
 # Generator methods are ops too: their backend functions fill an output from (key, offset).
@@ -65,6 +67,31 @@ OPS = {
     "mvn_sample": Op("mvn", "mean, cov, scale_tril, batch, noise, out, *, fresh, stream, tol"),
     "mvn_logpdf": Op("mvn", "x, mean, cov, scale_tril, batch, out"),
     "mvn_kl": Op("mvn", "mean1, cov1, mean2, cov2, batch, out"),
+    # Backward kernels (VJPs): "<op>_vjp" writes the gradient of each argument whose grad_<name> is
+    # an array from the cotangent of op's result; the public face is fastgauss.vjp (fastgauss/vjp.py).
+    "q_sample_vjp": Op("diffusion", "cotangent, noise_cotangent, t, schedule, grad_x0, grad_noise"),
+    "q_posterior_vjp": Op("diffusion", _LINEAR_VJP.format("x0", "xt")),
+    "predict_x0_vjp": Op("diffusion", _LINEAR_VJP.format("xt", "eps")),
+    "predict_eps_vjp": Op("diffusion", _LINEAR_VJP.format("xt", "x0")),
+    "predict_v_vjp": Op("diffusion", _LINEAR_VJP.format("x0", "eps")),
+    "v_to_x0_vjp": Op("diffusion", _LINEAR_VJP.format("xt", "v")),
+    "v_to_eps_vjp": Op("diffusion", _LINEAR_VJP.format("xt", "v")),
+    "posterior_mean_from_eps_vjp": Op("diffusion", _LINEAR_VJP.format("xt", "eps")),
+    "ddpm_step_vjp": Op(
+        "diffusion",
+        "cotangent, model_output, xt, t, schedule, grad_model_output, grad_xt, *, x0_cotangent, grad_noise, prediction, clip, variance",
+    ),
+    "ddim_step_vjp": Op(
+        "diffusion",
+        "cotangent, model_output, xt, t, t_prev, schedule, grad_model_output, *, grad_xt, x0_cotangent, grad_noise, eta, prediction, clip",
+    ),
+    "normal_kl_vjp": Op(
+        "kl", "cotangent, mean1, logvar1, mean2, logvar2, *, shape, reduce, grad_mean1, grad_logvar1, grad_mean2, grad_logvar2"
+    ),
+    "normal_logpdf_vjp": Op("kl", "cotangent, x, mean, logvar, *, shape, reduce, grad_x, grad_mean, grad_logvar"),
+    "discretized_gaussian_log_likelihood_vjp": Op(
+        "kl", "cotangent, x, means, log_scales, *, bins, shape, reduce, grad_x, grad_means, grad_log_scales"
+    ),
 }
 
 ENV_VAR = "FASTGAUSS_BACKEND"
@@ -187,6 +214,41 @@ def resolve(backend, arrays):
             "(use backend='cuda', or copy it to the host first)"
         )
     return name
+
+
+# Array kinds an adapter in fastgauss/interop/ takes over: the top-level module of the array's type
+# -> the adapter module. A public op called with such an array (an argument, or an item of a tuple
+# or list argument) hands the whole call to the adapter's ``call(function, args, kwargs)``, which
+# converts, calls the op (and, for autograd, its VJP) and converts back. The adapter is imported
+# only then, so ``import fastgauss`` never imports torch; and an array of a library that is not
+# imported cannot exist, so sys.modules is checked first.
+ADAPTERS = {"torch": "fastgauss.interop.torch"}
+
+
+def _adapter_kind(values):
+    for value in values:
+        if isinstance(value, (tuple, list)):
+            kind = _adapter_kind(value)
+        else:
+            library = type(value).__module__.partition(".")[0]
+            kind = library if library in ADAPTERS and library in sys.modules else None
+        if kind is not None:
+            return kind
+    return None
+
+
+def adaptable(function):
+    """Decorator of the public ops (and Generator methods): calls with arrays of an adapted kind
+    (torch tensors) go to the adapter; every other call runs ``function`` as it is."""
+
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        kind = _adapter_kind(args) or _adapter_kind(kwargs.values())
+        if kind is None:
+            return function(*args, **kwargs)
+        return importlib.import_module(ADAPTERS[kind]).call(function, args, kwargs)
+
+    return call
 
 
 def public_function(op):

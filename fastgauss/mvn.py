@@ -22,12 +22,13 @@ import warnings
 import numpy as np
 
 from fastgauss import _checks
-from fastgauss._dispatch import implementation, resolve
+from fastgauss._dispatch import adaptable, implementation, resolve
 from fastgauss._plans.mvn import NO_CHECK, NO_FAILURE
 from fastgauss._plans.stream import as_stream, blocks_needed
 
 __all__ = ["cholesky", "mvn_sample", "mvn_logpdf", "mvn_kl"]
 
+@adaptable
 def cholesky(a, *, upper=False, backend=None):
     r"""Batched Cholesky factorization: ``L`` with :math:`L L^T = a`, for every matrix of a batch.
 
@@ -80,6 +81,7 @@ def cholesky(a, *, upper=False, backend=None):
     return result
 
 
+@adaptable
 def mvn_sample(mean, cov=None, *, scale_tril=None, size=None, rng=None, noise=None, out=None, backend=None):
     r"""Samples of many multivariate normals at once: :math:`x = \mu + L \epsilon`.
 
@@ -145,6 +147,7 @@ def mvn_sample(mean, cov=None, *, scale_tril=None, size=None, rng=None, noise=No
     return out
 
 
+@adaptable
 def mvn_logpdf(x, mean, cov=None, *, scale_tril=None, backend=None):
     r"""Log-density of multivariate normals, batched:
 
@@ -199,6 +202,7 @@ def mvn_logpdf(x, mean, cov=None, *, scale_tril=None, backend=None):
     return out
 
 
+@adaptable
 def mvn_kl(mean1, cov1, mean2, cov2, *, backend=None):
     r"""KL divergence :math:`KL(N(\mu_1, \Sigma_1) \,\|\, N(\mu_2, \Sigma_2))`, batched:
 

@@ -40,7 +40,7 @@ import numbers
 import numpy as np
 
 from fastgauss import _checks
-from fastgauss._dispatch import implementation, resolve
+from fastgauss._dispatch import adaptable, implementation, resolve
 from fastgauss._plans.stream import DTYPES, Stream, blocks_needed
 from fastgauss.mvn import multivariate_normal as _multivariate_normal
 
@@ -93,6 +93,7 @@ class Generator(Stream):
         """``n`` independent child generators (keys from SeedSequence.spawn)."""
         return [Generator(child) for child in self._seed_sequence.spawn(n)]
 
+    @adaptable
     def standard_normal(self, size=None, dtype=np.float64, out=None, *, backend=None):
         """Standard normal samples, N(0, 1), from the stream (Box-Muller; see the module doc).
 
@@ -102,10 +103,12 @@ class Generator(Stream):
         """
         return self._fill("standard_normal", size, dtype, out, backend)
 
+    @adaptable
     def random(self, size=None, dtype=np.float64, out=None, *, backend=None):
         """Uniform samples on [0, 1) from the stream (see the module doc for the bits used)."""
         return self._fill("random", size, dtype, out, backend)
 
+    @adaptable
     def normal(self, loc=0.0, scale=1.0, size=None, dtype=np.float64, *, backend=None):
         """Normal samples loc + scale * z, z from :meth:`standard_normal`; loc and scale broadcast.
 
@@ -132,6 +135,7 @@ class Generator(Stream):
             return z
         return float(z) if size is None and z.ndim == 0 else z
 
+    @adaptable
     def multivariate_normal(self, mean, cov, size=None, check_valid="warn", tol=1e-8, *, method="cholesky", backend=None):
         """Multivariate normal samples mean + L z, L L^T = cov (Cholesky), z from :meth:`standard_normal`.
 

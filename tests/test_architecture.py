@@ -18,7 +18,7 @@ from fastgauss import _dispatch
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "fastgauss"
 
 # Lowest first. A module may import modules of its own layer or below, never above.
-LAYERS = ("base", "checks", "plans", "backend", "dispatch", "public")
+LAYERS = ("base", "checks", "plans", "backend", "dispatch", "public", "interop")
 BACKENDS = ("fastgauss.reference.", "fastgauss.cpu", "fastgauss.cuda")
 PUBLIC = {
     "fastgauss",
@@ -28,6 +28,7 @@ PUBLIC = {
     "fastgauss.random",
     "fastgauss.schedules",
     "fastgauss.reference",
+    "fastgauss.vjp",
 }
 TOOLS = {"fastgauss.__main__", "fastgauss._examples", "fastgauss._bench", "fastgauss._selfcheck"}  # the main job: above the public API
 
@@ -56,6 +57,8 @@ def layer(module):
         return "dispatch"
     if module in PUBLIC or module in TOOLS:
         return "public"
+    if module == "fastgauss.interop" or module.startswith("fastgauss.interop."):
+        return "interop"  # adapters (torch): above the public ops, which they call
     raise AssertionError(f"{module} is in no layer: place it in tests/test_architecture.py's layer()")
 
 

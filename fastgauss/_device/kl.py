@@ -318,3 +318,61 @@ def discretized_gaussian_log_likelihood(x, mean, log_scale, half_bin, c):
     p = cdf_plus if x < c.x_low else p
     p = p if not (p < c.min_probability) else c.min_probability
     return log_unit(p, c)
+
+
+# --- the gradients (backward kernels: each returns the partial derivatives of one element) ----
+# The backward kernels evaluate these in float64 (c = F64) for every data dtype and round once
+# to the gradient's dtype, so float32 gradients carry no float32 cancellation.
+
+
+def normal_kl_vjp(mean1, logvar1, mean2, logvar2, c):
+    """(dKL/dmean1, dKL/dlogvar1, dKL/dmean2, dKL/dlogvar2) of ``normal_kl``:
+    d e^-v2, (e^(v1 - v2) - 1) / 2, -d e^-v2, (1 - e^(v1 - v2) - d^2 e^-v2) / 2 with
+    d = mean1 - mean2 (e^x - 1 from ``exp_excess``, accurate as p -> q)."""
+    d = mean1 - mean2
+    q = d * exp(-logvar2, c)
+    diff = logvar1 - logvar2
+    expm1 = exp_excess(diff, c) + diff
+    return q, c.half * expm1, -q, -c.half * (expm1 + d * q)
+
+
+def normal_logpdf_vjp(x, mean, logvar, c):
+    """(d/dx, d/dmean, d/dlogvar, 0) of ``normal_logpdf``: -(x - mean) e^-v, (x - mean) e^-v,
+    ((x - mean)^2 e^-v - 1) / 2."""
+    d = x - mean
+    q = d * exp(-logvar, c)
+    return -q, q, c.half * (d * q - c.one), c.zero
+
+
+def cdf_slope(z, a, c):
+    """d/dz of the CDF approximation sigmoid(a), a = 2 sqrt(2/pi) (z + 0.044715 z^3):
+    sigmoid(a) sigmoid(-a) 2 sqrt(2/pi) (1 + 3 0.044715 z^2) (both sigmoids computed, no 1 - s)."""
+    return sigmoid(a, c) * sigmoid(-a, c) * c.two_sqrt_2_over_pi * (c.one + (c.two + c.one) * c.gelu_cubic * z * z)
+
+
+def discretized_gaussian_log_likelihood_vjp(x, mean, log_scale, half_bin, c):
+    """(d/dx, d/dmean, d/dlog_scale, 0) of ``discretized_gaussian_log_likelihood``: the
+    derivative of the log of the selected probability p (cdf_plus below -0.999, 1 - cdf_min
+    above 0.999, cdf_plus - cdf_min between), 0 where p was clamped at 1e-12 (as
+    torch.clamp(min=1e-12) passes no gradient there); x enters through x - mean, so
+    d/dx = -d/dmean."""
+    centered = x - mean
+    inv_stdv = exp(-log_scale, c)
+    plus_in = inv_stdv * (centered + half_bin)
+    min_in = inv_stdv * (centered - half_bin)
+    a = c.two_sqrt_2_over_pi * (plus_in + c.gelu_cubic * plus_in * plus_in * plus_in)
+    b = c.two_sqrt_2_over_pi * (min_in + c.gelu_cubic * min_in * min_in * min_in)
+    flip = a + b > c.zero  # as in the forward: a difference of upper tails above the mean
+    p = (sigmoid(-b, c) - sigmoid(-a, c)) if flip else (sigmoid(a, c) - sigmoid(b, c))
+    dp_plus = cdf_slope(plus_in, a, c)  # dp/dplus_in
+    dp_min = -cdf_slope(min_in, b, c)  # dp/dmin_in
+    p = sigmoid(-b, c) if x > c.x_high else p
+    dp_plus = c.zero if x > c.x_high else dp_plus
+    p = sigmoid(a, c) if x < c.x_low else p
+    dp_min = c.zero if x < c.x_low else dp_min
+    clamped = not (p >= c.min_probability)  # NaN p passes no gradient, as torch.clamp's mask
+    l_plus = c.zero if clamped else dp_plus / p
+    l_min = c.zero if clamped else dp_min / p
+    d_mean = -inv_stdv * (l_plus + l_min)
+    d_log_scale = -(l_plus * plus_in + l_min * min_in)
+    return -d_mean, d_mean, d_log_scale, c.zero
