@@ -344,10 +344,13 @@ def normal_logpdf_vjp(x, mean, logvar, c):
     return -q, q, c.half * (d * q - c.one), c.zero
 
 
-def cdf_slope(z, a, c):
-    """d/dz of the CDF approximation sigmoid(a), a = 2 sqrt(2/pi) (z + 0.044715 z^3):
-    sigmoid(a) sigmoid(-a) 2 sqrt(2/pi) (1 + 3 0.044715 z^2) (both sigmoids computed, no 1 - s)."""
-    return sigmoid(a, c) * sigmoid(-a, c) * c.two_sqrt_2_over_pi * (c.one + (c.two + c.one) * c.gelu_cubic * z * z)
+def sigmoid_pair(a, c):
+    """(sigmoid(a), sigmoid(-a)) from one exp of -|a|, neither from a 1 - s (NaN stays NaN)."""
+    positive = a >= c.zero
+    e = exp(a if not positive else -a, c)
+    small = e / (c.one + e)
+    big = c.one / (c.one + e)
+    return (big if positive else small), (small if positive else big)
 
 
 def discretized_gaussian_log_likelihood_vjp(x, mean, log_scale, half_bin, c):
@@ -360,15 +363,18 @@ def discretized_gaussian_log_likelihood_vjp(x, mean, log_scale, half_bin, c):
     inv_stdv = exp(-log_scale, c)
     plus_in = inv_stdv * (centered + half_bin)
     min_in = inv_stdv * (centered - half_bin)
-    a = c.two_sqrt_2_over_pi * (plus_in + c.gelu_cubic * plus_in * plus_in * plus_in)
-    b = c.two_sqrt_2_over_pi * (min_in + c.gelu_cubic * min_in * min_in * min_in)
-    flip = a + b > c.zero  # as in the forward: a difference of upper tails above the mean
-    p = (sigmoid(-b, c) - sigmoid(-a, c)) if flip else (sigmoid(a, c) - sigmoid(b, c))
-    dp_plus = cdf_slope(plus_in, a, c)  # dp/dplus_in
-    dp_min = -cdf_slope(min_in, b, c)  # dp/dmin_in
-    p = sigmoid(-b, c) if x > c.x_high else p
+    a = c.two_sqrt_2_over_pi * (plus_in + c.gelu_cubic * plus_in * plus_in * plus_in)  # cdf_plus = sigmoid(a)
+    b = c.two_sqrt_2_over_pi * (min_in + c.gelu_cubic * min_in * min_in * min_in)  # cdf_min = sigmoid(b)
+    s_a, s_not_a = sigmoid_pair(a, c)
+    s_b, s_not_b = sigmoid_pair(b, c)
+    # as in the forward: above the mean, the difference of the upper tails
+    p = (s_not_b - s_not_a) if a + b > c.zero else (s_a - s_b)
+    three_cubic = (c.two + c.one) * c.gelu_cubic
+    dp_plus = s_a * s_not_a * c.two_sqrt_2_over_pi * (c.one + three_cubic * plus_in * plus_in)  # d cdf_plus / d plus_in
+    dp_min = -(s_b * s_not_b * c.two_sqrt_2_over_pi * (c.one + three_cubic * min_in * min_in))  # d(-cdf_min) / d min_in
+    p = s_not_b if x > c.x_high else p
     dp_plus = c.zero if x > c.x_high else dp_plus
-    p = sigmoid(a, c) if x < c.x_low else p
+    p = s_a if x < c.x_low else p
     dp_min = c.zero if x < c.x_low else dp_min
     clamped = not (p >= c.min_probability)  # NaN p passes no gradient, as torch.clamp's mask
     l_plus = c.zero if clamped else dp_plus / p
