@@ -293,6 +293,18 @@ def sigmoid(a, c):
     return c.one / (c.one + exp(-a, c))
 
 
+def bin_edges(x, mean, log_scale, half_bin, c):
+    """(e^-s, plus_in, min_in, a, b) of x's bin: the standardized edges
+    plus_in, min_in = e^-s (x - mean +- half_bin) and the CDF arguments a, b with
+    cdf_plus = sigmoid(a), cdf_min = sigmoid(b), a = 2 sqrt(2/pi) (z + 0.044715 z^3)."""
+    inv_stdv = exp(-log_scale, c)
+    plus_in = inv_stdv * ((x - mean) + half_bin)
+    min_in = inv_stdv * ((x - mean) - half_bin)
+    a = c.two_sqrt_2_over_pi * (plus_in + c.gelu_cubic * plus_in * plus_in * plus_in)
+    b = c.two_sqrt_2_over_pi * (min_in + c.gelu_cubic * min_in * min_in * min_in)
+    return inv_stdv, plus_in, min_in, a, b
+
+
 def discretized_gaussian_log_likelihood(x, mean, log_scale, half_bin, c):
     """log P(bin of x) under N(mean, e^(2 log_scale)), bins of width 2 half_bin (see the reference).
 
@@ -300,12 +312,7 @@ def discretized_gaussian_log_likelihood(x, mean, log_scale, half_bin, c):
     mean (a + b > 0) both tails are taken from the top, 1 - cdf = sigmoid(-2 y), so the
     probability is a difference of small numbers, not of two numbers near 1.
     """
-    centered = x - mean
-    inv_stdv = exp(-log_scale, c)
-    plus_in = inv_stdv * (centered + half_bin)
-    min_in = inv_stdv * (centered - half_bin)
-    a = c.two_sqrt_2_over_pi * (plus_in + c.gelu_cubic * plus_in * plus_in * plus_in)  # cdf_plus = sigmoid(a)
-    b = c.two_sqrt_2_over_pi * (min_in + c.gelu_cubic * min_in * min_in * min_in)  # cdf_min = sigmoid(b)
+    inv_stdv, plus_in, min_in, a, b = bin_edges(x, mean, log_scale, half_bin, c)
     flip = a + b > c.zero
     upper = -b if flip else a  # sigmoid(upper) - sigmoid(lower) = cdf_plus - cdf_min
     lower = -a if flip else b
@@ -359,12 +366,7 @@ def discretized_gaussian_log_likelihood_vjp(x, mean, log_scale, half_bin, c):
     above 0.999, cdf_plus - cdf_min between), 0 where p was clamped at 1e-12 (as
     torch.clamp(min=1e-12) passes no gradient there); x enters through x - mean, so
     d/dx = -d/dmean."""
-    centered = x - mean
-    inv_stdv = exp(-log_scale, c)
-    plus_in = inv_stdv * (centered + half_bin)
-    min_in = inv_stdv * (centered - half_bin)
-    a = c.two_sqrt_2_over_pi * (plus_in + c.gelu_cubic * plus_in * plus_in * plus_in)  # cdf_plus = sigmoid(a)
-    b = c.two_sqrt_2_over_pi * (min_in + c.gelu_cubic * min_in * min_in * min_in)  # cdf_min = sigmoid(b)
+    inv_stdv, plus_in, min_in, a, b = bin_edges(x, mean, log_scale, half_bin, c)
     s_a, s_not_a = sigmoid_pair(a, c)
     s_b, s_not_b = sigmoid_pair(b, c)
     # as in the forward: above the mean, the difference of the upper tails

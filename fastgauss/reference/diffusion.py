@@ -123,6 +123,18 @@ def ddpm_step(model_output, xt, t, schedule, out, *, x0_out, noise, stream, pred
         x0_out[...] = x0
 
 
+def _ddim_coefficients(schedule, t, t_prev, eta, dtype, ndim):
+    """(sqrt(abar_prev), sqrt(1 - abar_prev - sigma^2), sigma) in ``dtype``, per sample, from float64:
+    abar_prev = 1 for t_prev = -1, sigma = eta sqrt((1 - abar_prev) / (1 - abar_t) (1 - abar_t / abar_prev))."""
+    abar_table = np.append(schedule.alphas_cumprod, 1.0)  # index -1 -> abar_prev = 1
+    abar, abar_prev = abar_table[t], abar_table[t_prev]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sigma = eta * np.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
+    direction = np.sqrt(1 - abar_prev - sigma**2)
+    shape = (-1,) + (1,) * (ndim - 1) if np.ndim(t) else ()
+    return tuple(np.asarray(v, dtype).reshape(shape) for v in (np.sqrt(abar_prev), direction, sigma))
+
+
 def ddim_step(model_output, xt, t, t_prev, schedule, out, *, x0_out, noise, stream, eta, prediction, clip):
     """DDIM step t -> t_prev (Song et al. 2021; diffusers' DDIMScheduler.step with
     set_alpha_to_one=True, use_clipped_model_output=False): abar_prev = 1 for t_prev = -1;
@@ -132,13 +144,7 @@ def ddim_step(model_output, xt, t, t_prev, schedule, out, *, x0_out, noise, stre
     x0, eps = _model_to_x0_eps(model_output, xt, prediction, schedule, t, dtype)
     if clip is not None:
         x0 = np.clip(x0, -clip, clip)
-    abar_table = np.append(schedule.alphas_cumprod, 1.0)  # index -1 -> abar_prev = 1
-    abar, abar_prev = abar_table[t], abar_table[t_prev]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        sigma = eta * np.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
-    direction = np.sqrt(1 - abar_prev - sigma**2)
-    shape = (-1,) + (1,) * (ndim - 1) if np.ndim(t) else ()
-    sqrt_prev, direction, sigma = (np.asarray(v, dtype).reshape(shape) for v in (np.sqrt(abar_prev), direction, sigma))
+    sqrt_prev, direction, sigma = _ddim_coefficients(schedule, t, t_prev, eta, dtype, ndim)
     prev = sqrt_prev * x0 + direction * eps
     if eta > 0:
         prev = np.where(sigma != 0, prev + sigma * _noise(out.shape, dtype, noise, stream), prev)
@@ -263,13 +269,6 @@ def ddpm_step_vjp(cotangent, model_output, xt, t, schedule, grad_model_output, g
 def ddim_step_vjp(cotangent, model_output, xt, t, t_prev, schedule, grad_model_output, *, grad_xt, x0_cotangent, grad_noise, eta, prediction, clip):
     """x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps_hat + sigma z: the chain
     rule through x0_hat (clamped) and eps_hat (unclamped); d/dz = sigma."""
-    ndim = np.ndim(xt)
-    abar_table = np.append(schedule.alphas_cumprod, 1.0)  # index -1 -> abar_prev = 1
-    abar, abar_prev = abar_table[t], abar_table[t_prev]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        sigma = eta * np.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
-    direction = np.sqrt(1 - abar_prev - sigma**2)
-    shape = (-1,) + (1,) * (ndim - 1) if np.ndim(t) else ()
-    sqrt_prev, direction, sigma = (np.asarray(v, np.float64).reshape(shape) for v in (np.sqrt(abar_prev), direction, sigma))
+    sqrt_prev, direction, sigma = _ddim_coefficients(schedule, t, t_prev, eta, np.float64, np.ndim(xt))
     _step_vjp(cotangent, x0_cotangent, model_output, xt, t, schedule, prediction, clip, (sqrt_prev, 0.0, direction, sigma),
               (grad_model_output, grad_xt, grad_noise))
