@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-python -m pip install --disable-pip-version-check -q -e ".[test,cuda-compile,dask]"
+# torch==2.13.0: the registry serves it as a CPU-only wheel, so tests/test_torch.py runs here
+python -m pip install --disable-pip-version-check -q -e ".[test,cuda-compile,torch,dask]" "torch==2.13.0"
 python -m fastgauss --quick
 mkdir -p build
 # The test suite records every CUDA kernel launch (simulator or GPU) and its argument types.

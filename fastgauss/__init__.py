@@ -34,6 +34,7 @@ from fastgauss.mvn import (
 )
 from fastgauss.random import Generator, default_rng
 from fastgauss.schedules import NoiseSchedule
+from fastgauss.vjp import vjp
 
 __version__ = "0.1.0"
 
@@ -69,6 +70,7 @@ __all__ = [
     "normal_product",
     "set_backend",
     "use_backend",
+    "vjp",
 ]
 
 

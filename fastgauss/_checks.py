@@ -9,6 +9,8 @@ sits below the backends (they use its shape helpers) and imports no other part o
 fastgauss but ``schedules`` (for the NoiseSchedule type).
 """
 
+import contextlib
+import contextvars
 import numbers
 
 import numpy as np
@@ -206,6 +208,21 @@ def _timestep_scalar(value, num_timesteps, name, low=0):
     return value
 
 
+# Who allocates host results: None (NumPy), or a function (shape, dtype) -> ndarray set by an
+# adapter for the duration of a call (fastgauss.interop.torch lets torch allocate, and views it).
+_host_allocator = contextvars.ContextVar("fastgauss_host_allocator", default=None)
+
+
+@contextlib.contextmanager
+def host_allocator(allocate):
+    """Within the block, host results that ``output`` allocates come from ``allocate(shape, dtype)``."""
+    token = _host_allocator.set(allocate)
+    try:
+        yield
+    finally:
+        _host_allocator.reset(token)
+
+
 def output(out, shape, dtype, like, inputs, name="out"):
     """Validate ``out`` (or allocate it when None) for a result of ``shape`` and ``dtype``.
 
@@ -216,7 +233,8 @@ def output(out, shape, dtype, like, inputs, name="out"):
     if out is None:
         if is_device_array(like):
             return empty_like_library(like, shape, dtype)
-        return np.empty(shape, dtype)
+        allocate = _host_allocator.get()
+        return np.empty(shape, dtype) if allocate is None else allocate(tuple(shape), np.dtype(dtype))
     if not isinstance(out, np.ndarray) and not is_device_array(out):
         raise TypeError(f"{name} must be an array; got {type(out).__name__}")
     out_shape, out_dtype = shape_dtype(out)
@@ -328,3 +346,46 @@ def one_row(shapes, full_shape):
         if size(shape) != 1 and not (kind == "full" and lead == rows):
             return False
     return True
+
+
+# --- gradients (fastgauss.vjp) ---------------------------------------------------------------
+
+
+def cotangent(value, shape, dtype, on_device, name="cotangent"):
+    """The cotangent of a result of ``shape`` and ``dtype``, or None. Host data becomes an
+    ndarray of ``dtype`` (a copy only to convert); a CUDA cotangent must have that dtype."""
+    if value is None:
+        return None
+    value = data_array(name, value, on_device)
+    got_shape, got_dtype = shape_dtype(value)
+    if tuple(got_shape) != tuple(shape):
+        raise ValueError(f"{name} must have the result's shape {tuple(shape)}; got {tuple(got_shape)}")
+    if got_dtype != dtype:
+        if on_device:
+            raise TypeError(f"{name} must have the result's dtype {np.dtype(dtype)}; got {got_dtype}")
+        value = value.astype(dtype)
+    return value
+
+
+def zeros_like_output(shape, dtype, like):
+    """A zero array of ``shape`` and ``dtype`` of ``like``'s kind: the cotangent of an output
+    that has none (a gradient asked for through another output only)."""
+    if is_device_array(like):
+        return from_host_like(like, np.zeros(shape, dtype))
+    return np.zeros(shape, dtype)
+
+
+def wanted(wrt, differentiable, op):
+    """The names of ``differentiable`` (the call's differentiable array arguments, in order) to
+    compute gradients for: all of them, or those named by ``wrt`` (a name or a sequence of names)."""
+    differentiable = list(differentiable)
+    if wrt is None:
+        return differentiable
+    names = [wrt] if isinstance(wrt, str) else list(wrt)
+    unknown = [n for n in names if n not in differentiable]
+    if unknown:
+        raise ValueError(
+            f"wrt names {unknown}, which is not a differentiable array argument of this {op} call; "
+            f"those are {differentiable}"
+        )
+    return [n for n in differentiable if n in names]

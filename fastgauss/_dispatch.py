@@ -13,10 +13,11 @@ import functools
 import importlib
 import itertools
 import os
+import sys
 import threading
 from typing import NamedTuple
 
-from fastgauss._checks import is_dask_array, is_device_array, is_scalar
+from fastgauss._checks import is_device_array, is_scalar
 
 BACKENDS = ("numpy", "cpu", "cuda")
 _PACKAGES = {"numpy": "fastgauss.reference", "cpu": "fastgauss.cpu", "cuda": "fastgauss.cuda"}
@@ -40,6 +41,7 @@ class Op(NamedTuple):
 
 _LINEAR = "{}, {}, t, schedule, out"
 _GENERATOR = "out, key, offset, window"
+_LINEAR_VJP = "cotangent, t, schedule, grad_{}, grad_{}"
 
 # The one place an op is registered: op name -> Op(family, backend arguments).
 # Generator methods are ops too: their backend functions fill an output from (key, offset), or
@@ -79,6 +81,31 @@ OPS = {
     "gaussian_product": Op("mvn", "mean1, cov1, mean2, cov2, batch, mean_out, cov_out, *, log_scale_out"),
     "kalman_update": Op("mvn", "mean, cov, H, R, y, batch, mean_out, *, cov_out, log_likelihood_out"),
     "normal_product": Op("kl", "mean1, logvar1, mean2, logvar2, *, shape, mean_out, logvar_out, log_scale_out"),
+    # Backward kernels (VJPs): "<op>_vjp" writes the gradient of each argument whose grad_<name> is
+    # an array from the cotangent of op's result; the public face is fastgauss.vjp (fastgauss/vjp.py).
+    "q_sample_vjp": Op("diffusion", "cotangent, noise_cotangent, t, schedule, grad_x0, grad_noise"),
+    "q_posterior_vjp": Op("diffusion", _LINEAR_VJP.format("x0", "xt")),
+    "predict_x0_vjp": Op("diffusion", _LINEAR_VJP.format("xt", "eps")),
+    "predict_eps_vjp": Op("diffusion", _LINEAR_VJP.format("xt", "x0")),
+    "predict_v_vjp": Op("diffusion", _LINEAR_VJP.format("x0", "eps")),
+    "v_to_x0_vjp": Op("diffusion", _LINEAR_VJP.format("xt", "v")),
+    "v_to_eps_vjp": Op("diffusion", _LINEAR_VJP.format("xt", "v")),
+    "posterior_mean_from_eps_vjp": Op("diffusion", _LINEAR_VJP.format("xt", "eps")),
+    "ddpm_step_vjp": Op(
+        "diffusion",
+        "cotangent, model_output, xt, t, schedule, grad_model_output, grad_xt, *, x0_cotangent, grad_noise, prediction, clip, variance",
+    ),
+    "ddim_step_vjp": Op(
+        "diffusion",
+        "cotangent, model_output, xt, t, t_prev, schedule, grad_model_output, *, grad_xt, x0_cotangent, grad_noise, eta, prediction, clip",
+    ),
+    "normal_kl_vjp": Op(
+        "kl", "cotangent, mean1, logvar1, mean2, logvar2, *, shape, reduce, grad_mean1, grad_logvar1, grad_mean2, grad_logvar2"
+    ),
+    "normal_logpdf_vjp": Op("kl", "cotangent, x, mean, logvar, *, shape, reduce, grad_x, grad_mean, grad_logvar"),
+    "discretized_gaussian_log_likelihood_vjp": Op(
+        "kl", "cotangent, x, means, log_scales, *, bins, shape, reduce, grad_x, grad_means, grad_log_scales"
+    ),
 }
 
 ENV_VAR = "FASTGAUSS_BACKEND"
@@ -218,24 +245,38 @@ def implementation(op, backend):
     return getattr(module, op)
 
 
-# --- interop: array kinds the adapters in fastgauss.interop handle -------------------------------
+# --- interop: array kinds the adapters in fastgauss/interop/ take over ----------------------------
+# The top-level module of an array's type -> its adapter. A public op called with such an array (an
+# argument, or an item of a tuple or list argument) hands the whole call to the adapter's
+# ``call(op, args, kwargs)``, which converts, calls the op on plain arrays (and, for autograd, its
+# VJP) and converts back. The adapter is imported only then, so ``import fastgauss`` never imports
+# torch or dask; and an array of a library that is not imported cannot exist, so sys.modules is
+# checked first.
+ADAPTERS = {"torch": "fastgauss.interop.torch", "dask": "fastgauss.interop.dask"}
 
 
 def interop_kind(values):
-    """"dask" when one of ``values`` is a Dask array, else None (the op runs as written)."""
-    return "dask" if any(is_dask_array(v) for v in values) else None
+    """The adapted kind ("torch", "dask") of the first such array among ``values``, or None."""
+    for value in values:
+        if isinstance(value, (tuple, list)):
+            kind = interop_kind(value)
+        else:
+            library = type(value).__module__.partition(".")[0]
+            kind = library if library in ADAPTERS and library in sys.modules else None
+        if kind is not None:
+            return kind
+    return None
 
 
 def adapter(kind):
-    """The adapter module for an array kind, ``fastgauss.interop.<kind>``, imported on first use
-    (it imports its library, which ``import fastgauss`` never does)."""
-    return importlib.import_module(f"fastgauss.interop.{kind}")
+    """The adapter module for an array kind, imported on first use (it imports its library)."""
+    return importlib.import_module(ADAPTERS[kind])
 
 
 def adapts(function):
-    """Decorate a public op: a call with an array of an interop kind (a Dask array) is handed to
-    that kind's adapter, ``adapter(kind).call(op, args, kwargs)``, which calls the op again on
-    plain arrays; any other call runs the op unchanged."""
+    """Decorator of the public ops and Generator methods: a call with an array of an adapted kind
+    (a torch tensor, a Dask array) goes to that kind's adapter, ``adapter(kind).call(op, args,
+    kwargs)``; any other call runs ``function`` unchanged."""
 
     @functools.wraps(function)
     def op(*args, **kwargs):

@@ -18,6 +18,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from fastgauss import diffusion, mvn
+from fastgauss._dispatch import OPS
 from fastgauss.diffusion import q_sample
 from fastgauss.kl import discretized_gaussian_log_likelihood, normal_kl, normal_logpdf, normal_product
 from fastgauss.mvn import (
@@ -33,6 +34,7 @@ from fastgauss.mvn import (
 )
 from fastgauss.random import default_rng, philox4x32_10
 from fastgauss.schedules import NoiseSchedule
+from fastgauss.vjp import differentiable, vjp
 
 SEED = 20261124
 
@@ -413,3 +415,33 @@ EXAMPLES = {
     "kalman_update": _kalman_update,
     "normal_product": _normal_product,
 }
+
+
+def _vjp_examples(op):
+    """The calls of ``op + "_vjp"``: fastgauss.vjp of each of op's example calls that is an op call,
+    with a random cotangent per output (leading arguments, so the main job moves them to the
+    device), returning the gradients as a tuple in argument-name order."""
+
+    def examples(shape, dtype, rng):
+        calls = []
+        for call in EXAMPLES[op](shape, dtype, rng):
+            if not differentiable(call.function):
+                continue  # a wrapper drawing its own noise: the same kernels, other arguments
+            result = call.function(*call.args, **call.kwargs, backend="numpy")
+            outputs = result if isinstance(result, tuple) else (result,)
+            cotangents = tuple(rng.standard_normal(np.shape(o)).astype(o.dtype) for o in outputs)
+
+            def gradients(*arrays, backend=None, _call=call, _count=len(cotangents)):
+                cotangent = arrays[:_count] if _count > 1 else arrays[0]
+                grads = vjp(_call.function, cotangent, *arrays[_count:], backend=backend, **_call.kwargs)
+                return tuple(grads[name] for name in sorted(grads))
+
+            calls.append(Call(call.label, gradients, cotangents + tuple(call.args), {}))
+        return calls
+
+    return examples
+
+
+# Every registered backward kernel ("<op>_vjp", also those other families add) is checked through
+# fastgauss.vjp on op's own examples.
+EXAMPLES.update({name: _vjp_examples(name[: -len("_vjp")]) for name in OPS if name.endswith("_vjp")})

@@ -96,11 +96,12 @@ def _noise_source(noise, rng, shape, data_name, on_device, **dtypes):
     return noise, None, dict(dtypes, noise=noise_dtype)
 
 
-def _pair(backend, names, u, w, t, schedule, out):
-    """Validate a two-array op: same shapes, result dtype, timesteps, out. Returns the
-    backend name and the normalized (u, w, t, schedule, out)."""
+def _pair_inputs(backend, names, u, w, t, schedule, other):
+    """Validate a two-array op's inputs: same shapes, result dtype, timesteps. ``other`` names the
+    further arrays of the call (out, or a cotangent) for backend resolution. Returns the backend
+    name, the normalized (u, w, t, schedule), the shape and the result dtype."""
     u_name, w_name = names
-    name = resolve(backend, {u_name: u, w_name: w, "t": t, "out": out})
+    name = resolve(backend, {u_name: u, w_name: w, "t": t, **other})
     on_device = name == "cuda"
     schedule = _checks.schedule(schedule)
     u = _checks.data_array(u_name, u, on_device)
@@ -110,7 +111,14 @@ def _pair(backend, names, u, w, t, schedule, out):
     _checks.same_shape(w_name, w_shape, u_name, shape)
     dtype = _checks.result_dtype(**{u_name: u_dtype, w_name: w_dtype})
     t = _checks.timesteps(t, schedule.num_timesteps, shape)
-    out = _checks.output(out, shape, dtype, like=u, inputs={u_name: u, w_name: w})
+    return name, (u, w, t, schedule), shape, dtype
+
+
+def _pair(backend, names, u, w, t, schedule, out):
+    """Validate a two-array op: same shapes, result dtype, timesteps, out. Returns the
+    backend name and the normalized (u, w, t, schedule, out)."""
+    name, (u, w, t, schedule), shape, dtype = _pair_inputs(backend, names, u, w, t, schedule, {"out": out})
+    out = _checks.output(out, shape, dtype, like=u, inputs=dict(zip(names, (u, w))))
     return name, (u, w, t, schedule, out)
 
 
@@ -233,10 +241,10 @@ def _check_clip(clip):
     return float(clip)
 
 
-def _step_inputs(backend, model_output, xt, t, noise, rng, out, schedule):
-    """Validate what DDPM and DDIM steps share; returns (name, model_output, xt, t, noise,
-    generator, out, dtype)."""
-    name = resolve(backend, {"model_output": model_output, "xt": xt, "t": t, "noise": noise, "out": out})
+def _step_arrays(backend, model_output, xt, t, noise, rng, schedule, other):
+    """Validate the arrays DDPM and DDIM steps share (``other``: the call's further arrays, for
+    backend resolution); returns (name, model_output, xt, t, noise, generator, dtype, shape)."""
+    name = resolve(backend, {"model_output": model_output, "xt": xt, "t": t, "noise": noise, **other})
     on_device = name == "cuda"
     schedule = _checks.schedule(schedule)
     model_output = _checks.data_array("model_output", model_output, on_device)
@@ -247,6 +255,15 @@ def _step_inputs(backend, model_output, xt, t, noise, rng, out, schedule):
     noise, generator, dtypes = _noise_source(noise, rng, shape, "xt", on_device, model_output=model_dtype, xt=xt_dtype)
     dtype = _checks.result_dtype(**dtypes)
     t = _checks.timesteps(t, schedule.num_timesteps, shape)
+    return name, model_output, xt, t, noise, generator, dtype, shape
+
+
+def _step_inputs(backend, model_output, xt, t, noise, rng, out, schedule):
+    """Validate what DDPM and DDIM steps share; returns (name, model_output, xt, t, noise,
+    generator, out, dtype, shape)."""
+    name, model_output, xt, t, noise, generator, dtype, shape = _step_arrays(
+        backend, model_output, xt, t, noise, rng, schedule, {"out": out}
+    )
     out = _checks.output(out, shape, dtype, like=xt, inputs={"model_output": model_output, "xt": xt, "noise": noise})
     return name, model_output, xt, t, noise, generator, out, dtype, shape
 
@@ -337,3 +354,139 @@ def ddim_step(model_output, xt, t, t_prev, schedule, *, eta=0.0, prediction="eps
         x0_out=x0_out, noise=noise, stream=stream, eta=eta, prediction=prediction, clip=clip,
     )
     return (out, x0_out) if return_x0 else out
+
+
+# --- VJPs (fastgauss.vjp): the gradients of each op's array arguments ---------------------------
+# ``_vjp_<op>(cotangent, *args, wrt=None, **kwargs)`` takes the forward call's own arguments and
+# the cotangent of its result (a tuple, one entry per output or None, where the op returns a
+# tuple), validates them like the forward, and returns {argument name: gradient} for every
+# array argument (or those named in ``wrt``), each of that argument's shape and of the result
+# dtype. out= and rng= are accepted and do not matter: no gradient depends on the noise drawn.
+
+
+def _gradients(op, name, wrt, arrays, shape, dtype, like):
+    """Fresh gradient arrays for the wanted ones of ``arrays`` (names), None for the others."""
+    wanted = _checks.wanted(wrt, arrays, op)
+    return {n: _checks.output(None, shape, dtype, like=like, inputs={}) if n in wanted else None for n in arrays}
+
+
+def _outputs(cotangent, count, op):
+    """The cotangent of each of ``count`` outputs (None: none)."""
+    if count == 1:
+        return (cotangent,)
+    if not isinstance(cotangent, (tuple, list)) or len(cotangent) != count:
+        raise ValueError(f"{op} returns {count} outputs here; pass the cotangent as a tuple of {count} (None for none)")
+    return tuple(cotangent)
+
+
+def _linear_vjp(op, names, cotangent, u, w, t, schedule, wrt, backend):
+    name, (u, w, t, schedule), shape, dtype = _pair_inputs(backend, names, u, w, t, schedule, {"cotangent": cotangent})
+    g = _checks.cotangent(cotangent, shape, dtype, name == "cuda")
+    if g is None:  # q_posterior's mean has no cotangent (only its variance outputs had)
+        g = _checks.zeros_like_output(shape, dtype, like=u)
+    grads = _gradients(op, name, wrt, names, shape, dtype, like=u)
+    implementation(f"{op}_vjp", name)(g, t, schedule, *grads.values())
+    return {n: v for n, v in grads.items() if v is not None}
+
+
+def _vjp_q_sample(cotangent, x0, t, schedule, noise=None, *, rng=None, out=None, return_noise=False, backend=None, wrt=None):
+    g, noise_g = _outputs(cotangent, 2 if return_noise else 1, "q_sample") + ((None,) if not return_noise else ())
+    name = resolve(backend, {"x0": x0, "t": t, "noise": noise, "cotangent": g, "noise cotangent": noise_g})
+    on_device = name == "cuda"
+    schedule = _checks.schedule(schedule)
+    x0 = _checks.data_array("x0", x0, on_device)
+    shape, x0_dtype = _checks.shape_dtype(x0)
+    if noise is not None and rng is not None:
+        raise ValueError("pass either noise or rng, not both")
+    dtypes = {"x0": x0_dtype}
+    if noise is not None:
+        noise = _checks.data_array("noise", noise, on_device)
+        noise_shape, dtypes["noise"] = _checks.shape_dtype(noise)
+        _checks.same_shape("noise", noise_shape, "x0", shape)
+    dtype = _checks.result_dtype(**dtypes)
+    t = _checks.timesteps(t, schedule.num_timesteps, shape)
+    g = _checks.cotangent(g, shape, dtype, on_device)
+    noise_g = _checks.cotangent(noise_g, shape, dtype, on_device, "the noise cotangent") if noise is not None else None
+    if g is None:
+        g = _checks.zeros_like_output(shape, dtype, like=x0)
+    grads = _gradients("q_sample", name, wrt, ("x0", "noise") if noise is not None else ("x0",), shape, dtype, like=x0)
+    implementation("q_sample_vjp", name)(g, noise_g, t, schedule, grads["x0"], grads.get("noise"))
+    return {n: v for n, v in grads.items() if v is not None}
+
+
+def _vjp_q_posterior(cotangent, x0, xt, t, schedule, *, out=None, backend=None, wrt=None):
+    if isinstance(cotangent, (tuple, list)):  # (mean, variance, log_variance): only the mean depends on x0, x_t
+        cotangent = _outputs(cotangent, 3, "q_posterior")[0]
+    return _linear_vjp("q_posterior", ("x0", "xt"), cotangent, x0, xt, t, schedule, wrt, backend)
+
+
+def _vjp_predict_x0(cotangent, xt, t, eps, schedule, *, out=None, backend=None, wrt=None):
+    return _linear_vjp("predict_x0", ("xt", "eps"), cotangent, xt, eps, t, schedule, wrt, backend)
+
+
+def _vjp_predict_eps(cotangent, xt, t, x0, schedule, *, out=None, backend=None, wrt=None):
+    return _linear_vjp("predict_eps", ("xt", "x0"), cotangent, xt, x0, t, schedule, wrt, backend)
+
+
+def _vjp_predict_v(cotangent, x0, eps, t, schedule, *, out=None, backend=None, wrt=None):
+    return _linear_vjp("predict_v", ("x0", "eps"), cotangent, x0, eps, t, schedule, wrt, backend)
+
+
+def _vjp_v_to_x0(cotangent, xt, t, v, schedule, *, out=None, backend=None, wrt=None):
+    return _linear_vjp("v_to_x0", ("xt", "v"), cotangent, xt, v, t, schedule, wrt, backend)
+
+
+def _vjp_v_to_eps(cotangent, xt, t, v, schedule, *, out=None, backend=None, wrt=None):
+    return _linear_vjp("v_to_eps", ("xt", "v"), cotangent, xt, v, t, schedule, wrt, backend)
+
+
+def _vjp_posterior_mean_from_eps(cotangent, xt, t, eps, schedule, *, out=None, backend=None, wrt=None):
+    return _linear_vjp("posterior_mean_from_eps", ("xt", "eps"), cotangent, xt, eps, t, schedule, wrt, backend)
+
+
+def _step_vjp_inputs(op, cotangent, return_x0, backend, model_output, xt, t, noise, rng, schedule, wrt):
+    """What the steps' VJPs share: (name, model_output, xt, t, noise, g, g0, grads)."""
+    g, g0 = _outputs(cotangent, 2 if return_x0 else 1, op) + ((None,) if not return_x0 else ())
+    name, model_output, xt, t, noise, _, dtype, shape = _step_arrays(
+        backend, model_output, xt, t, noise, rng, schedule, {"cotangent": g, "x0 cotangent": g0}
+    )
+    on_device = name == "cuda"
+    g = _checks.cotangent(g, shape, dtype, on_device)
+    g0 = _checks.cotangent(g0, shape, dtype, on_device, "the x0 cotangent")
+    if g is None:
+        g = _checks.zeros_like_output(shape, dtype, like=xt)
+    names = ("model_output", "xt") + (("noise",) if noise is not None else ())
+    grads = _gradients(op, name, wrt, names, shape, dtype, like=xt)
+    return name, model_output, xt, t, noise, g, g0, grads
+
+
+def _vjp_ddpm_step(cotangent, model_output, xt, t, schedule, *, prediction="epsilon", clip=None, variance="small",
+                   noise=None, rng=None, return_x0=False, out=None, backend=None, wrt=None):
+    _check_choice("prediction", prediction, PREDICTIONS)
+    _check_choice("variance", variance, ("small", "large"))
+    clip = _check_clip(clip)
+    name, model_output, xt, t, noise, g, g0, grads = _step_vjp_inputs(
+        "ddpm_step", cotangent, return_x0, backend, model_output, xt, t, noise, rng, schedule, wrt
+    )
+    implementation("ddpm_step_vjp", name)(
+        g, model_output, xt, t, schedule, grads["model_output"], grads["xt"],
+        x0_cotangent=g0, grad_noise=grads.get("noise"), prediction=prediction, clip=clip, variance=variance,
+    )
+    return {n: v for n, v in grads.items() if v is not None}
+
+
+def _vjp_ddim_step(cotangent, model_output, xt, t, t_prev, schedule, *, eta=0.0, prediction="epsilon", clip=None,
+                   noise=None, rng=None, return_x0=False, out=None, backend=None, wrt=None):
+    _check_choice("prediction", prediction, PREDICTIONS)
+    clip = _check_clip(clip)
+    if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not eta >= 0:
+        raise ValueError(f"eta must be a number >= 0; got {eta!r}")
+    name, model_output, xt, t, noise, g, g0, grads = _step_vjp_inputs(
+        "ddim_step", cotangent, return_x0, backend, model_output, xt, t, noise, rng, schedule, wrt
+    )
+    t_prev = _checks.timesteps(t_prev, schedule.num_timesteps, _checks.shape_dtype(xt)[0], name="t_prev", low=-1)
+    implementation("ddim_step_vjp", name)(
+        g, model_output, xt, t, t_prev, schedule, grads["model_output"],
+        grad_xt=grads["xt"], x0_cotangent=g0, grad_noise=grads.get("noise"), eta=eta, prediction=prediction, clip=clip,
+    )
+    return {n: v for n, v in grads.items() if v is not None}

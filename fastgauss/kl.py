@@ -287,3 +287,43 @@ def normal_product(mean1, logvar1, mean2, logvar2, *, out=None, backend=None):
                 raise ValueError(f"{labels[i]} and {labels[j]} overlap; the three outputs must be separate arrays")
     implementation("normal_product", name)(*args.values(), shape=shape, mean_out=outs[0], logvar_out=outs[1], log_scale_out=outs[2])
     return tuple(outs)
+
+
+# --- VJPs (fastgauss.vjp) ------------------------------------------------------------------
+
+
+def _vjp_call(op, cotangent, args, reduce, wrt, backend, **extra):
+    """{name: gradient} of the array arguments of ``op`` (or those in ``wrt``), each of its own
+    shape (broadcast axes summed) and the result dtype, from the cotangent of the result.
+    Python and NumPy scalars are constants: they get no gradient."""
+    name = resolve(backend, {**args, "cotangent": cotangent})
+    on_device = name == "cuda"
+    differentiable = [n for n, v in args.items() if not _checks.is_scalar(v)]
+    args, shape, dtype = _operands(args, on_device)
+    g = _checks.cotangent(cotangent, _result_shape(reduce, shape), dtype, on_device)
+    if g is None:
+        raise ValueError(f"{op}: the cotangent is None")
+    wanted = _checks.wanted(wrt, differentiable, op)
+    grads = {
+        n: _checks.output(None, _checks.shape_dtype(v)[0], dtype, like=v, inputs={}) if n in wanted else None
+        for n, v in args.items()
+    }
+    implementation(f"{op}_vjp", name)(
+        g, *args.values(), **extra, shape=shape, reduce=reduce, **{f"grad_{n}": v for n, v in grads.items()}
+    )
+    return {n: v for n, v in grads.items() if v is not None}
+
+
+def _vjp_normal_kl(cotangent, mean1, logvar1, mean2, logvar2, *, reduce=None, out=None, backend=None, wrt=None):
+    args = {"mean1": mean1, "logvar1": logvar1, "mean2": mean2, "logvar2": logvar2}
+    return _vjp_call("normal_kl", cotangent, args, reduce, wrt, backend)
+
+
+def _vjp_normal_logpdf(cotangent, x, mean, logvar, *, reduce=None, out=None, backend=None, wrt=None):
+    return _vjp_call("normal_logpdf", cotangent, {"x": x, "mean": mean, "logvar": logvar}, reduce, wrt, backend)
+
+
+def _vjp_discretized_gaussian_log_likelihood(cotangent, x, means, log_scales, *, reduce=None, bins=255, out=None, backend=None,
+                                             wrt=None):
+    args = {"x": x, "means": means, "log_scales": log_scales}
+    return _vjp_call("discretized_gaussian_log_likelihood", cotangent, args, reduce, wrt, backend, bins=_bins(bins))

@@ -93,6 +93,7 @@ class Generator(Stream):
         """``n`` independent child generators (keys from SeedSequence.spawn)."""
         return [Generator(child) for child in self._seed_sequence.spawn(n)]
 
+    @adapts
     def standard_normal(self, size=None, dtype=np.float64, out=None, *, chunks=None, backend=None):
         """Standard normal samples, N(0, 1), from the stream (Box-Muller; see the module doc).
 
@@ -110,6 +111,7 @@ class Generator(Stream):
             return adapter("dask").generator_array(self, "standard_normal", size, dtype, out, chunks, backend)
         return self._fill("standard_normal", size, dtype, out, backend)
 
+    @adapts
     def random(self, size=None, dtype=np.float64, out=None, *, chunks=None, backend=None):
         """Uniform samples on [0, 1) from the stream (see the module doc for the bits used);
         ``chunks``: a lazy dask.array, as for :meth:`standard_normal`."""
@@ -117,6 +119,7 @@ class Generator(Stream):
             return adapter("dask").generator_array(self, "random", size, dtype, out, chunks, backend)
         return self._fill("random", size, dtype, out, backend)
 
+    @adapts
     def normal(self, loc=0.0, scale=1.0, size=None, dtype=np.float64, *, chunks=None, backend=None):
         """Normal samples loc + scale * z, z from :meth:`standard_normal`; loc and scale broadcast.
 
@@ -147,6 +150,7 @@ class Generator(Stream):
             return z
         return float(z) if size is None and z.ndim == 0 else z
 
+    @adapts
     def multivariate_normal(self, mean, cov, size=None, check_valid="warn", tol=1e-8, *, method="cholesky", backend=None):
         """Multivariate normal samples mean + L z, L L^T = cov (Cholesky), z from :meth:`standard_normal`.
 

@@ -28,6 +28,7 @@ PUBLIC = {
     "fastgauss.random",
     "fastgauss.schedules",
     "fastgauss.reference",
+    "fastgauss.vjp",
 }
 TOOLS = {"fastgauss.__main__", "fastgauss._examples", "fastgauss._bench", "fastgauss._selfcheck"}  # the main job: above the public API
 
@@ -57,7 +58,7 @@ def layer(module):
     if module in PUBLIC or module in TOOLS:
         return "public"
     if module == "fastgauss.interop" or module.startswith("fastgauss.interop."):
-        return "interop"  # adapters at the edge (dask): they call the public ops
+        return "interop"  # adapters at the edge (torch, dask): above the public ops, which they call
     raise AssertionError(f"{module} is in no layer: place it in tests/test_architecture.py's layer()")
 
 

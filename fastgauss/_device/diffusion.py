@@ -29,3 +29,15 @@ def step_element(ax, am, k0, kx, km, ks, limit, xt, m, z):
     value = term(k0, x0) + term(kx, xt) + term(km, m)
     noisy = value + ks * z
     return (noisy if ks != 0 else value), x0
+
+
+def step_vjp_element(ax, am, k0, kx, km, ks, limit, xt, m, g, g0):
+    """The gradients of one step element (``step_element``) from the cotangents g (of out)
+    and g0 (of the clamped x0): (d/dx_t, d/dm, d/dz). The clamp passes the gradient where
+    -limit <= x0 <= limit and blocks it outside, as torch.clamp does (limit = inf: no clamp,
+    everything passes). A linear op a u + b w is the step with kx = a, km = b, the rest 0."""
+    raw = term(ax, xt) + term(am, m)
+    inside = (raw >= -limit and raw <= limit) or limit == limit + limit  # the second: limit = inf
+    through = term(k0, g) + g0
+    through = through if inside else limit - limit  # a zero of the dtype (limit is finite here)
+    return term(kx, g) + term(ax, through), term(km, g) + term(am, through), term(ks, g)

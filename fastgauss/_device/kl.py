@@ -293,6 +293,18 @@ def sigmoid(a, c):
     return c.one / (c.one + exp(-a, c))
 
 
+def bin_edges(x, mean, log_scale, half_bin, c):
+    """(e^-s, plus_in, min_in, a, b) of x's bin: the standardized edges
+    plus_in, min_in = e^-s (x - mean +- half_bin) and the CDF arguments a, b with
+    cdf_plus = sigmoid(a), cdf_min = sigmoid(b), a = 2 sqrt(2/pi) (z + 0.044715 z^3)."""
+    inv_stdv = exp(-log_scale, c)
+    plus_in = inv_stdv * ((x - mean) + half_bin)
+    min_in = inv_stdv * ((x - mean) - half_bin)
+    a = c.two_sqrt_2_over_pi * (plus_in + c.gelu_cubic * plus_in * plus_in * plus_in)
+    b = c.two_sqrt_2_over_pi * (min_in + c.gelu_cubic * min_in * min_in * min_in)
+    return inv_stdv, plus_in, min_in, a, b
+
+
 def discretized_gaussian_log_likelihood(x, mean, log_scale, half_bin, c):
     """log P(bin of x) under N(mean, e^(2 log_scale)), bins of width 2 half_bin (see the reference).
 
@@ -300,12 +312,7 @@ def discretized_gaussian_log_likelihood(x, mean, log_scale, half_bin, c):
     mean (a + b > 0) both tails are taken from the top, 1 - cdf = sigmoid(-2 y), so the
     probability is a difference of small numbers, not of two numbers near 1.
     """
-    centered = x - mean
-    inv_stdv = exp(-log_scale, c)
-    plus_in = inv_stdv * (centered + half_bin)
-    min_in = inv_stdv * (centered - half_bin)
-    a = c.two_sqrt_2_over_pi * (plus_in + c.gelu_cubic * plus_in * plus_in * plus_in)  # cdf_plus = sigmoid(a)
-    b = c.two_sqrt_2_over_pi * (min_in + c.gelu_cubic * min_in * min_in * min_in)  # cdf_min = sigmoid(b)
+    inv_stdv, plus_in, min_in, a, b = bin_edges(x, mean, log_scale, half_bin, c)
     flip = a + b > c.zero
     upper = -b if flip else a  # sigmoid(upper) - sigmoid(lower) = cdf_plus - cdf_min
     lower = -a if flip else b
@@ -351,3 +358,62 @@ def normal_product(mean1, logvar1, mean2, logvar2, c):
     logvar = lo - log1pe
     log_scale = -c.half * (c.log_2pi + hi + log1pe + diff * diff * exp(-hi, c) * s)
     return mean, logvar, log_scale
+
+
+# --- the gradients (backward kernels: each returns the partial derivatives of one element) ----
+# The backward kernels evaluate these in float64 (c = F64) for every data dtype and round once
+# to the gradient's dtype, so float32 gradients carry no float32 cancellation.
+
+
+def normal_kl_vjp(mean1, logvar1, mean2, logvar2, c):
+    """(dKL/dmean1, dKL/dlogvar1, dKL/dmean2, dKL/dlogvar2) of ``normal_kl``:
+    d e^-v2, (e^(v1 - v2) - 1) / 2, -d e^-v2, (1 - e^(v1 - v2) - d^2 e^-v2) / 2 with
+    d = mean1 - mean2 (e^x - 1 from ``exp_excess``, accurate as p -> q)."""
+    d = mean1 - mean2
+    q = d * exp(-logvar2, c)
+    diff = logvar1 - logvar2
+    expm1 = exp_excess(diff, c) + diff
+    return q, c.half * expm1, -q, -c.half * (expm1 + d * q)
+
+
+def normal_logpdf_vjp(x, mean, logvar, c):
+    """(d/dx, d/dmean, d/dlogvar, 0) of ``normal_logpdf``: -(x - mean) e^-v, (x - mean) e^-v,
+    ((x - mean)^2 e^-v - 1) / 2."""
+    d = x - mean
+    q = d * exp(-logvar, c)
+    return -q, q, c.half * (d * q - c.one), c.zero
+
+
+def sigmoid_pair(a, c):
+    """(sigmoid(a), sigmoid(-a)) from one exp of -|a|, neither from a 1 - s (NaN stays NaN)."""
+    positive = a >= c.zero
+    e = exp(a if not positive else -a, c)
+    small = e / (c.one + e)
+    big = c.one / (c.one + e)
+    return (big if positive else small), (small if positive else big)
+
+
+def discretized_gaussian_log_likelihood_vjp(x, mean, log_scale, half_bin, c):
+    """(d/dx, d/dmean, d/dlog_scale, 0) of ``discretized_gaussian_log_likelihood``: the
+    derivative of the log of the selected probability p (cdf_plus below -0.999, 1 - cdf_min
+    above 0.999, cdf_plus - cdf_min between), 0 where p was clamped at 1e-12 (as
+    torch.clamp(min=1e-12) passes no gradient there); x enters through x - mean, so
+    d/dx = -d/dmean."""
+    inv_stdv, plus_in, min_in, a, b = bin_edges(x, mean, log_scale, half_bin, c)
+    s_a, s_not_a = sigmoid_pair(a, c)
+    s_b, s_not_b = sigmoid_pair(b, c)
+    # as in the forward: above the mean, the difference of the upper tails
+    p = (s_not_b - s_not_a) if a + b > c.zero else (s_a - s_b)
+    three_cubic = (c.two + c.one) * c.gelu_cubic
+    dp_plus = s_a * s_not_a * c.two_sqrt_2_over_pi * (c.one + three_cubic * plus_in * plus_in)  # d cdf_plus / d plus_in
+    dp_min = -(s_b * s_not_b * c.two_sqrt_2_over_pi * (c.one + three_cubic * min_in * min_in))  # d(-cdf_min) / d min_in
+    p = s_not_b if x > c.x_high else p
+    dp_plus = c.zero if x > c.x_high else dp_plus
+    p = s_a if x < c.x_low else p
+    dp_min = c.zero if x < c.x_low else dp_min
+    clamped = not (p >= c.min_probability)  # NaN p passes no gradient, as torch.clamp's mask
+    l_plus = c.zero if clamped else dp_plus / p
+    l_min = c.zero if clamped else dp_min / p
+    d_mean = -inv_stdv * (l_plus + l_min)
+    d_log_scale = -(l_plus * plus_in + l_min * min_in)
+    return -d_mean, d_mean, d_log_scale, c.zero

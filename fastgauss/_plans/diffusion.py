@@ -109,6 +109,14 @@ def q_sample_generated(schedule, t):
     return zero, zero, zero, signal, zero, noise_scale
 
 
+def linear_step(op, schedule, t):
+    """(ax, am, k0, kx, km, ks) of a linear op a[t] u + b[t] w seen as the step with x_t = u and
+    model output m = w: kx = a, km = b, the rest 0. The backward kernel serves every op this way."""
+    a, b = linear(op, schedule, np.atleast_1d(t))
+    zero = np.zeros_like(a)
+    return zero, zero, zero, a, b, zero
+
+
 class LinearPlan(NamedTuple):
     """One launch of the linear kernel: data seen as (rows, width), one (a, b) per row."""
 

@@ -19,6 +19,7 @@ from fastgauss.cpu.random import normal_part
 _d = compile_for(numba.njit(error_model="numpy", forceinline=True), _diffusion)
 _linear_element = _d.linear_element
 _step_element = _d.step_element
+_step_vjp_element = _d.step_vjp_element
 KERNEL = dict(error_model="numpy", cache=True)
 
 
@@ -69,6 +70,62 @@ def _step_flat(xt, model, noise, noise_mode, coefficients, limit, width, out, x0
                 if write_x0:
                     x0_part[j] = x0
             segment = end
+
+
+@numba.njit(parallel=True, **KERNEL)
+def _step_vjp_flat(g, g0, with_g0, xt, model, coefficients, limit, width, zero, grad_xt, want_xt, grad_m, want_m, grad_z, want_z):
+    """The backward of the step formula (and of every linear op, as the step with kx = a, km = b)
+    on flat C-order data, one pass: reads the cotangents g (and g0 of x0 when with_g0), and x_t
+    and m only for the clamp (the host passes g for them when nothing is clamped); writes the
+    wanted gradients."""
+    ax, am, k0, kx, km, ks = coefficients
+    n = g.size
+    for chunk in numba.prange((n + CHUNK - 1) // CHUNK):
+        start = chunk * CHUNK
+        stop = min(start + CHUNK, n)
+        segment = start
+        while segment < stop:  # the row segments of this chunk
+            r = segment // width
+            end = min(stop, (r + 1) * width)
+            g_part, g0_part, xt_part, m_part = g[segment:end], g0[segment:end], xt[segment:end], model[segment:end]
+            gx_part, gm_part, gz_part = grad_xt[segment:end], grad_m[segment:end], grad_z[segment:end]
+            a_x, a_m, c0, cx, cm, cs, lim = ax[r], am[r], k0[r], kx[r], km[r], ks[r], limit
+            for j in range(end - segment):
+                x0_g = g0_part[j] if with_g0 else zero
+                d_xt, d_m, d_z = _step_vjp_element(a_x, a_m, c0, cx, cm, cs, lim, xt_part[j], m_part[j], g_part[j], x0_g)
+                if want_xt:
+                    gx_part[j] = d_xt
+                if want_m:
+                    gm_part[j] = d_m
+                if want_z:
+                    gz_part[j] = d_z
+            segment = end
+
+
+def _step_vjp(g, x0_g, xt, model, t, coefficients, clip, grad_xt, grad_m, grad_z):
+    """Gradients of the step with coefficients (ax, am, k0, kx, km, ks) from the cotangents g (of
+    the result; None: zero) and x0_g (of the clamped x0; None: none)."""
+    grads = [a for a in (grad_xt, grad_m, grad_z) if a is not None]
+    like = grads[0] if grads else None
+    if like is None or like.size == 0:
+        return
+    dtype = like.dtype
+    p = plan.step_plan(t, coefficients, clip, None, None, dtype)
+    flat = lambda a: as_rows(a, 1)[0].astype(dtype, copy=False)  # noqa: E731  (a rare mixed dtype: a copy)
+    g_flat = flat(g) if g is not None else np.zeros(like.size, dtype)
+    g0_flat = flat(x0_g) if x0_g is not None else g_flat
+    # x_t and m are read for the clamp only; without one the kernel reads g in their place
+    xt_flat, m_flat = (as_rows(xt, 1)[0], as_rows(model, 1)[0]) if clip is not None else (g_flat, g_flat)
+    unused = np.empty(1, dtype)
+    outs = [a.reshape(-1) if a is not None else unused for a in (grad_xt, grad_m, grad_z)]  # fresh, contiguous
+    launch(
+        _step_vjp_flat, g_flat, g0_flat, x0_g is not None, xt_flat, m_flat, p.coefficients, p.limit, like.size // p.rows,
+        dtype.type(0), outs[0], grad_xt is not None, outs[1], grad_m is not None, outs[2], grad_z is not None,
+    )
+
+
+def _linear_vjp(op, cotangent, t, schedule, grad_u, grad_w):
+    _step_vjp(cotangent, None, None, None, t, plan.linear_step(op, schedule, t), None, grad_u, grad_w, None)
 
 
 def _linear(op, u, w, t, schedule, out):
@@ -142,3 +199,52 @@ def ddpm_step(model_output, xt, t, schedule, out, *, x0_out, noise, stream, pred
 
 def ddim_step(model_output, xt, t, t_prev, schedule, out, *, x0_out, noise, stream, eta, prediction, clip):
     _step(xt, model_output, t, plan.ddim(schedule, t, t_prev, eta, prediction), clip, out, x0_out, noise, stream)
+
+
+# --- backward (VJP) backend functions: one kernel, _step_vjp_flat ---------------------------------
+
+
+def q_sample_vjp(cotangent, noise_cotangent, t, schedule, grad_x0, grad_noise):
+    # the noise cotangent (of the returned noise, the noise itself) enters as the step's x0
+    # cotangent with am = 1 (x0 = m = noise, k0 = 0): grad_noise = b g + noise_cotangent
+    ax, am, k0, kx, km, ks = plan.linear_step("q_sample", schedule, t)
+    am = am + 1.0 if noise_cotangent is not None else am
+    _step_vjp(cotangent, noise_cotangent, None, None, t, (ax, am, k0, kx, km, ks), None, grad_x0, grad_noise, None)
+
+
+def q_posterior_vjp(cotangent, t, schedule, grad_x0, grad_xt):
+    _linear_vjp("q_posterior", cotangent, t, schedule, grad_x0, grad_xt)
+
+
+def predict_x0_vjp(cotangent, t, schedule, grad_xt, grad_eps):
+    _linear_vjp("predict_x0", cotangent, t, schedule, grad_xt, grad_eps)
+
+
+def predict_eps_vjp(cotangent, t, schedule, grad_xt, grad_x0):
+    _linear_vjp("predict_eps", cotangent, t, schedule, grad_xt, grad_x0)
+
+
+def predict_v_vjp(cotangent, t, schedule, grad_x0, grad_eps):
+    _linear_vjp("predict_v", cotangent, t, schedule, grad_x0, grad_eps)
+
+
+def v_to_x0_vjp(cotangent, t, schedule, grad_xt, grad_v):
+    _linear_vjp("v_to_x0", cotangent, t, schedule, grad_xt, grad_v)
+
+
+def v_to_eps_vjp(cotangent, t, schedule, grad_xt, grad_v):
+    _linear_vjp("v_to_eps", cotangent, t, schedule, grad_xt, grad_v)
+
+
+def posterior_mean_from_eps_vjp(cotangent, t, schedule, grad_xt, grad_eps):
+    _linear_vjp("posterior_mean_from_eps", cotangent, t, schedule, grad_xt, grad_eps)
+
+
+def ddpm_step_vjp(cotangent, model_output, xt, t, schedule, grad_model_output, grad_xt, *, x0_cotangent, grad_noise, prediction, clip, variance):
+    coefficients = plan.ddpm(schedule, t, prediction, variance)
+    _step_vjp(cotangent, x0_cotangent, xt, model_output, t, coefficients, clip, grad_xt, grad_model_output, grad_noise)
+
+
+def ddim_step_vjp(cotangent, model_output, xt, t, t_prev, schedule, grad_model_output, *, grad_xt, x0_cotangent, grad_noise, eta, prediction, clip):
+    coefficients = plan.ddim(schedule, t, t_prev, eta, prediction)
+    _step_vjp(cotangent, x0_cotangent, xt, model_output, t, coefficients, clip, grad_xt, grad_model_output, grad_noise)

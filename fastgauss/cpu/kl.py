@@ -173,6 +173,9 @@ _d = _device.compile_for(numba.njit(error_model="numpy", forceinline=True), _kl,
 _normal_kl = _d.normal_kl
 _normal_logpdf = _d.normal_logpdf
 _discretized = _d.discretized_gaussian_log_likelihood
+_normal_kl_vjp = _d.normal_kl_vjp
+_normal_logpdf_vjp = _d.normal_logpdf_vjp
+_discretized_vjp = _d.discretized_gaussian_log_likelihood_vjp
 MODES = {None: 0, "sum": 1, "mean": 2}
 
 
@@ -421,3 +424,151 @@ def normal_product(mean1, logvar1, mean2, logvar2, *, shape, mean_out, logvar_ou
     for out, target in zip(outs, targets):
         if not np.may_share_memory(out, target):
             out[...] = target.reshape(out.shape)
+
+
+# --- backward (VJP) kernel ------------------------------------------------------------------
+# One pass reads the operands and the cotangent and writes every wanted gradient. Each
+# gradient has a mode: DIRECT (a full argument: written elementwise into its (rows, width)
+# destination, the gradient itself or, for broadcasts of other forms, a float64 temporary
+# summed afterwards), ROW_SUM (one value per row or one for all: each work item sums its
+# values in float64 by _chunk_sum into one partial per (row, chunk), added by _combine as the
+# forward's reductions are) or ABSENT. The partial derivatives are evaluated in float64
+# (fastgauss._device.kl's *_vjp with F64 constants) into a cache-resident buffer per
+# gradient, then copied or summed, so the hot loop has no branches.
+
+ABSENT, DIRECT, ROW_SUM = 0, 1, 2
+
+
+def element_vjp(op, a, b, v, w, extra, c):
+    """The four partial derivatives of ``op`` at one element (0 for an operand it lacks)."""
+
+
+@overload(element_vjp, inline="always", jit_options=KERNEL)
+def _element_vjp(op, a, b, v, w, extra, c):
+    if op.count == len(OPS["normal_kl"]):
+        return lambda op, a, b, v, w, extra, c: _normal_kl_vjp(a, b, v, w, c)
+    if op.count == len(OPS["normal_logpdf"]):
+        return lambda op, a, b, v, w, extra, c: _normal_logpdf_vjp(a, b, v, c)
+    return lambda op, a, b, v, w, extra, c: _discretized_vjp(a, b, v, extra, c)
+
+
+@numba.njit(**KERNEL)
+def _settle(mode, buffer, dest, r, start, stop, partials, index):
+    """Move one gradient's buffered values: into dest[r, start:stop], or summed into partials[index]."""
+    if mode == DIRECT:
+        row = dest[r, start:stop]
+        for j in range(row.size):
+            row[j] = buffer[j]
+    elif mode == ROW_SUM:
+        partials[index] = _chunk_sum(buffer)
+
+
+@numba.njit(parallel=True, **KERNEL)
+def _rows_vjp(op, a, b, v, w, extra, c, g, scale, modes, dest_a, dest_b, dest_v, dest_w, partials, rows, width,
+              chunks_per_row, rows_per_item):
+    """For each work item, the partial derivatives times the cotangent (g: a 2-D (rows, width) or
+    1-D per-row operand, times ``scale``) of the four operands, settled by ``modes``; the ROW_SUM
+    partials of operand k are partials[k, r * chunks_per_row + chunk]."""
+    for item in numba.prange(-(-rows // rows_per_item) * chunks_per_row):
+        first, last, chunk, start, stop = _item(item, rows, width, chunks_per_row, rows_per_item)
+        n = stop - start
+        buffers = np.empty((4, n))
+        ba, bb, bv, bw = buffers[0], buffers[1], buffers[2], buffers[3]
+        for r in range(first, last):
+            sa = segment(a, r, start, stop)
+            sb = segment(b, r, start, stop)
+            sv = segment(v, r, start, stop)
+            sw = segment(w, r, start, stop)
+            sg = segment(g, r, start, stop)
+            for j in range(n):
+                gj = np.float64(at(sg, j)) * scale
+                da, db, dv, dw = element_vjp(
+                    op, np.float64(at(sa, j)), np.float64(at(sb, j)), np.float64(at(sv, j)), np.float64(at(sw, j)), extra, c
+                )
+                ba[j] = da * gj
+                bb[j] = db * gj
+                bv[j] = dv * gj
+                bw[j] = dw * gj
+            index = r * chunks_per_row + chunk
+            _settle(modes[0], ba, dest_a, r, start, stop, partials[0], index)
+            _settle(modes[1], bb, dest_b, r, start, stop, partials[1], index)
+            _settle(modes[2], bv, dest_v, r, start, stop, partials[2], index)
+            _settle(modes[3], bw, dest_w, r, start, stop, partials[3], index)
+
+
+def _gradient_plan(a, grad, shape, rows, width, dtype):
+    """(mode, destination) of one argument's gradient, see the kernel's comment."""
+    if grad is None:
+        return ABSENT, np.empty((1, 1), dtype)
+    kind, lead = _checks.broadcast_kind(np.shape(a), shape)
+    if kind == "full" and lead == rows:
+        return DIRECT, grad.reshape(rows, width)  # a fresh C-contiguous gradient: a view
+    if kind == "row":
+        return ROW_SUM, np.empty((1, 1), dtype)
+    return DIRECT, np.empty((rows, width))  # float64, summed over the broadcast axes afterwards
+
+
+def _run_vjp(op, cotangent, arrays, grads, extra, shape, reduce):
+    """Gradients of ``op`` (arguments ``arrays``) into ``grads`` (arrays of the arguments' own
+    shapes, or None) from the cotangent of the forward's result, in one pass."""
+    wanted = [grad for grad in grads if grad is not None]
+    if not wanted:
+        return
+    dtype = wanted[0].dtype
+    rows = shape[0] if len(shape) else 1
+    width = _checks.size(shape[1:])
+    if rows * width == 0:
+        for grad in wanted:
+            grad[...] = 0.0
+        return
+    operands = [operand(a, shape, rows, width, dtype) for a in arrays] + [dtype.type(0)] * (4 - len(arrays))
+    if reduce is None:
+        g = operand(cotangent, shape, rows, width, dtype)
+        scale = 1.0
+    else:
+        g = np.ascontiguousarray(cotangent, dtype).reshape(rows)
+        scale = 1.0 / width if reduce == "mean" else 1.0
+    chunks_per_row, rows_per_item = _plan(rows, width)
+    plans = [_gradient_plan(a, grad, shape, rows, width, dtype) for a, grad in zip(arrays, grads)]
+    plans += [(ABSENT, np.empty((1, 1), dtype))] * (4 - len(plans))
+    modes = np.array([mode for mode, _ in plans], np.int64)
+    partials = np.empty((4, rows * chunks_per_row if (modes == ROW_SUM).any() else 0))
+    launch(
+        _rows_vjp, OPS[op], *operands, np.float64(extra), _kl.F64, g, scale, modes, *(dest for _, dest in plans), partials,
+        rows, width, chunks_per_row, rows_per_item,
+    )
+    for k, (a, grad) in enumerate(zip(arrays, grads)):
+        mode, dest = plans[k]
+        if grad is None or (mode == DIRECT and np.may_share_memory(dest, grad)):
+            continue
+        if mode == ROW_SUM:
+            sums = np.empty(rows)
+            launch(_combine, partials[k], chunks_per_row, width, 1, sums)
+            grad[...] = (sums if grad.size == rows else sums.sum()).reshape(grad.shape)
+        else:
+            grad[...] = _sum_to(dest.reshape(shape), grad.shape)
+
+
+def _sum_to(values, target_shape):
+    """``values`` (float64) summed over the axes along which an argument of ``target_shape`` broadcast."""
+    lead = values.ndim - len(target_shape)
+    axes = tuple(range(lead)) + tuple(lead + k for k, n in enumerate(target_shape) if n == 1 and values.shape[lead + k] != 1)
+    return values.sum(axis=axes).reshape(target_shape)
+
+
+def normal_kl_vjp(cotangent, mean1, logvar1, mean2, logvar2, *, shape, reduce, grad_mean1, grad_logvar1, grad_mean2, grad_logvar2):
+    _run_vjp(
+        "normal_kl", cotangent, (mean1, logvar1, mean2, logvar2), (grad_mean1, grad_logvar1, grad_mean2, grad_logvar2), 0.0,
+        shape, reduce,
+    )
+
+
+def normal_logpdf_vjp(cotangent, x, mean, logvar, *, shape, reduce, grad_x, grad_mean, grad_logvar):
+    _run_vjp("normal_logpdf", cotangent, (x, mean, logvar), (grad_x, grad_mean, grad_logvar), 0.0, shape, reduce)
+
+
+def discretized_gaussian_log_likelihood_vjp(cotangent, x, means, log_scales, *, bins, shape, reduce, grad_x, grad_means, grad_log_scales):
+    _run_vjp(
+        "discretized_gaussian_log_likelihood", cotangent, (x, means, log_scales), (grad_x, grad_means, grad_log_scales),
+        1.0 / bins, shape, reduce,
+    )

@@ -2,9 +2,13 @@
 
 Inputs are taken zero-copy through ``__cuda_array_interface__`` (CuPy, PyTorch, Numba
 device arrays); outputs are allocated by the input's own library on its device.
-Kernels launch on the default stream, which orders them after work queued on the
-legacy default stream by CuPy and PyTorch.
+Kernels launch on the stream of ``use_stream`` (the torch adapter passes torch's current
+stream), else on the default stream, which orders them after work queued on the legacy
+default stream by CuPy and PyTorch.
 """
+
+import contextlib
+import contextvars
 
 from numba.cuda.core.caching import CacheImpl
 
@@ -16,6 +20,24 @@ _cache.install(CacheImpl)  # before any kernel is defined: cached kernels follow
 THREADS = 256  # threads per block
 MAX_GRID_X = 1024  # blocks per row: enough to fill a GPU; a grid-stride loop covers the rest
 MAX_GRID_Y = 65535  # CUDA's limit for gridDim.y
+
+
+_stream = contextvars.ContextVar("fastgauss_cuda_stream", default=0)
+
+
+def launch_stream():
+    """The stream kernels launch on: ``kernel[blocks, threads, launch_stream()]`` (0: the default stream)."""
+    return _stream.get()
+
+
+@contextlib.contextmanager
+def use_stream(value):
+    """Within the block (this thread or task), kernels launch on the Numba stream ``value``."""
+    token = _stream.set(value)
+    try:
+        yield
+    finally:
+        _stream.reset(token)
 
 
 # The array-kind helpers live in fastgauss._checks (below the backends); the cuda modules

@@ -5,18 +5,19 @@ code and the same plan (coefficients and noise mode from fastgauss._plans.diffus
 import numpy as np
 from numba import cuda
 
-from fastgauss._checks import shape_dtype
+from fastgauss._checks import shape_dtype, size as _size
 from fastgauss._device import compile_for
 from fastgauss._device import diffusion as _diffusion
 from fastgauss._plans import diffusion as plan
 from fastgauss._plans.diffusion import GENERATED_NOISE, GIVEN_NOISE
 from fastgauss._plans.stream import values_per_block
-from fastgauss.cuda import as_flat, as_rows, grid
+from fastgauss.cuda import as_flat, as_rows, grid, launch_stream
 from fastgauss.cuda.random import launch_config, normals, on_device, stream_slot
 
 _d = compile_for(cuda.jit(device=True), _diffusion)
 _linear_element = _d.linear_element
 _step_element = _d.step_element
+_step_vjp_element = _d.step_vjp_element
 
 
 @cuda.jit(cache=True)
@@ -63,6 +64,50 @@ def _step_blocks(xt, model, noise, noise_mode, ax, am, k0, kx, km, ks, limit, wi
                     noise_out[e] = z[g]
 
 
+@cuda.jit(cache=True)
+def _step_vjp_elements(g, g0, with_g0, xt, model, ax, am, k0, kx, km, ks, limit, width, zero,
+                       grad_xt, want_xt, grad_m, want_m, grad_z, want_z):
+    """The backward of the step (and of every linear op, as the step with kx = a, km = b): one
+    thread per element, flat C order (see fastgauss.cpu.diffusion._step_vjp_flat)."""
+    for e in range(cuda.grid(1), g.size, cuda.gridsize(1)):
+        r = e // width
+        x0_g = g0[e] if with_g0 else zero
+        d_xt, d_m, d_z = _step_vjp_element(ax[r], am[r], k0[r], kx[r], km[r], ks[r], limit, xt[e], model[e], g[e], x0_g)
+        if want_xt:
+            grad_xt[e] = d_xt
+        if want_m:
+            grad_m[e] = d_m
+        if want_z:
+            grad_z[e] = d_z
+
+
+def _step_vjp(g, x0_g, xt, model, t, coefficients, clip, grad_xt, grad_m, grad_z):
+    """Gradients of the step with coefficients (ax, am, k0, kx, km, ks) from the cotangents g (of
+    the result; None: zero) and x0_g (of the clamped x0; None: none)."""
+    grads = [a for a in (grad_xt, grad_m, grad_z) if a is not None]
+    if not grads:
+        return
+    shape, dtype = shape_dtype(grads[0])
+    if 0 in shape:
+        return
+    p = plan.step_plan(t, coefficients, clip, None, None, dtype)
+    g_flat = as_flat("cotangent", g) if g is not None else cuda.to_device(np.zeros(_size(shape), dtype))
+    g0_flat = as_flat("x0 cotangent", x0_g) if x0_g is not None else g_flat
+    # x_t and m are read for the clamp only; without one the kernel reads g in their place
+    xt_flat, m_flat = (as_flat("xt", xt), as_flat("model_output", model)) if clip is not None else (g_flat, g_flat)
+    unused = cuda.device_array(1, dtype)
+    outs = [as_flat("grad", a) if a is not None else unused for a in (grad_xt, grad_m, grad_z)]
+    blocks, threads = launch_config(g_flat.size)
+    _step_vjp_elements[blocks, threads, launch_stream()](
+        g_flat, g0_flat, x0_g is not None, xt_flat, m_flat, *(cuda.to_device(c) for c in p.coefficients), p.limit,
+        g_flat.size // p.rows, dtype.type(0), outs[0], grad_xt is not None, outs[1], grad_m is not None, outs[2], grad_z is not None,
+    )
+
+
+def _linear_vjp(op, cotangent, t, schedule, grad_u, grad_w):
+    _step_vjp(cotangent, None, None, None, t, plan.linear_step(op, schedule, t), None, grad_u, grad_w, None)
+
+
 def _linear(op, u, w, t, schedule, out):
     """out = a[t] u + b[t] w with the op's tables (fastgauss._plans.diffusion.LINEAR)."""
     shape, dtype = shape_dtype(out)
@@ -71,7 +116,7 @@ def _linear(op, u, w, t, schedule, out):
     p = plan.linear_plan(op, schedule, t, dtype)
     out_rows = as_rows("out", out, p.rows)
     blocks, threads = grid(*out_rows.shape)
-    _linear_rows[blocks, threads](as_rows("u", u, p.rows), as_rows("w", w, p.rows), cuda.to_device(p.a), cuda.to_device(p.b), out_rows)
+    _linear_rows[blocks, threads, launch_stream()](as_rows("u", u, p.rows), as_rows("w", w, p.rows), cuda.to_device(p.a), cuda.to_device(p.b), out_rows)
 
 
 def _step(xt, model, t, coefficients, clip, out, x0_out, noise, stream, noise_out=None):
@@ -84,7 +129,7 @@ def _step(xt, model, t, coefficients, clip, out, x0_out, noise, stream, noise_ou
     unused = cuda.device_array(1, dtype)
     per_block = values_per_block(dtype)
     blocks, threads = launch_config(-(-out_flat.size // per_block))
-    _step_blocks[blocks, threads](
+    _step_blocks[blocks, threads, launch_stream()](
         as_flat("xt", xt), as_flat("model_output", model), as_flat("noise", noise) if noise is not None else unused, p.noise_mode,
         *(cuda.to_device(c) for c in p.coefficients), p.limit, out_flat.size // p.rows, out_flat,
         as_flat("x0", x0_out) if x0_out is not None else unused, x0_out is not None,
@@ -137,3 +182,52 @@ def ddpm_step(model_output, xt, t, schedule, out, *, x0_out, noise, stream, pred
 
 def ddim_step(model_output, xt, t, t_prev, schedule, out, *, x0_out, noise, stream, eta, prediction, clip):
     _step(xt, model_output, t, plan.ddim(schedule, t, t_prev, eta, prediction), clip, out, x0_out, noise, stream)
+
+
+# --- backward (VJP) backend functions: one kernel, _step_vjp_elements ---------------------------------
+
+
+def q_sample_vjp(cotangent, noise_cotangent, t, schedule, grad_x0, grad_noise):
+    # the noise cotangent (of the returned noise, the noise itself) enters as the step's x0
+    # cotangent with am = 1 (x0 = m = noise, k0 = 0): grad_noise = b g + noise_cotangent
+    ax, am, k0, kx, km, ks = plan.linear_step("q_sample", schedule, t)
+    am = am + 1.0 if noise_cotangent is not None else am
+    _step_vjp(cotangent, noise_cotangent, None, None, t, (ax, am, k0, kx, km, ks), None, grad_x0, grad_noise, None)
+
+
+def q_posterior_vjp(cotangent, t, schedule, grad_x0, grad_xt):
+    _linear_vjp("q_posterior", cotangent, t, schedule, grad_x0, grad_xt)
+
+
+def predict_x0_vjp(cotangent, t, schedule, grad_xt, grad_eps):
+    _linear_vjp("predict_x0", cotangent, t, schedule, grad_xt, grad_eps)
+
+
+def predict_eps_vjp(cotangent, t, schedule, grad_xt, grad_x0):
+    _linear_vjp("predict_eps", cotangent, t, schedule, grad_xt, grad_x0)
+
+
+def predict_v_vjp(cotangent, t, schedule, grad_x0, grad_eps):
+    _linear_vjp("predict_v", cotangent, t, schedule, grad_x0, grad_eps)
+
+
+def v_to_x0_vjp(cotangent, t, schedule, grad_xt, grad_v):
+    _linear_vjp("v_to_x0", cotangent, t, schedule, grad_xt, grad_v)
+
+
+def v_to_eps_vjp(cotangent, t, schedule, grad_xt, grad_v):
+    _linear_vjp("v_to_eps", cotangent, t, schedule, grad_xt, grad_v)
+
+
+def posterior_mean_from_eps_vjp(cotangent, t, schedule, grad_xt, grad_eps):
+    _linear_vjp("posterior_mean_from_eps", cotangent, t, schedule, grad_xt, grad_eps)
+
+
+def ddpm_step_vjp(cotangent, model_output, xt, t, schedule, grad_model_output, grad_xt, *, x0_cotangent, grad_noise, prediction, clip, variance):
+    coefficients = plan.ddpm(schedule, t, prediction, variance)
+    _step_vjp(cotangent, x0_cotangent, xt, model_output, t, coefficients, clip, grad_xt, grad_model_output, grad_noise)
+
+
+def ddim_step_vjp(cotangent, model_output, xt, t, t_prev, schedule, grad_model_output, *, grad_xt, x0_cotangent, grad_noise, eta, prediction, clip):
+    coefficients = plan.ddim(schedule, t, t_prev, eta, prediction)
+    _step_vjp(cotangent, x0_cotangent, xt, model_output, t, coefficients, clip, grad_xt, grad_model_output, grad_noise)

@@ -21,12 +21,15 @@ from numba import cuda, float64
 
 from fastgauss import _checks, _device
 from fastgauss._device import kl as _kl
-from fastgauss.cuda import THREADS, _numba_view, as_flat, grid
+from fastgauss.cuda import THREADS, _numba_view, as_flat, grid, launch_stream
 
 _d = _device.compile_for(cuda.jit(device=True), _kl)
 _normal_kl = _d.normal_kl
 _normal_logpdf = _d.normal_logpdf
 _discretized = _d.discretized_gaussian_log_likelihood
+_normal_kl_vjp = _d.normal_kl_vjp
+_normal_logpdf_vjp = _d.normal_logpdf_vjp
+_discretized_vjp = _d.discretized_gaussian_log_likelihood_vjp
 
 
 @cuda.jit(device=True)
@@ -129,7 +132,7 @@ def _materialize(name, a, shape, target_shape, dtype):
     count = _checks.size(shape)
     out = cuda.device_array(count, dtype)
     blocks = max(1, min(-(-count // THREADS), 4096))
-    _gather[blocks, THREADS](
+    _gather[blocks, THREADS, launch_stream()](
         source, cuda.to_device(np.array(strides or [0], np.int64)), cuda.to_device(np.array(shape or (1,), np.int64)), out
     )
     return out.reshape(target_shape)
@@ -184,11 +187,11 @@ def _run(op, names, arrays, extra, shape, reduce, out, threads=THREADS):
     c = _kl.constants(dtype)
     blocks, threads = grid(rows, width, threads)
     if reduce is None:
-        _rows[blocks, threads](OPS[op], *operands, extra, c, as_flat("out", out_view).reshape(rows, width))
+        _rows[blocks, threads, launch_stream()](OPS[op], *operands, extra, c, as_flat("out", out_view).reshape(rows, width))
         return
     partials = cuda.device_array((rows, blocks[0]), np.float64)
-    _partials[blocks, threads](OPS[op], *operands, extra, c, width, partials)
-    _combine[max(1, min(-(-rows // THREADS), 4096)), THREADS](partials, width, reduce == "mean", as_flat("out", out_view))
+    _partials[blocks, threads, launch_stream()](OPS[op], *operands, extra, c, width, partials)
+    _combine[max(1, min(-(-rows // THREADS), 4096)), THREADS, launch_stream()](partials, width, reduce == "mean", as_flat("out", out_view))
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2, *, shape, reduce, out):
@@ -233,4 +236,135 @@ def normal_product(mean1, logvar1, mean2, logvar2, *, shape, mean_out, logvar_ou
     operands, rows, width = _elementwise_operands(names, (mean1, logvar1, mean2, logvar2), shape, rows, width, dtype)
     outs = [as_flat(n, _numba_view(o)).reshape(rows, width) for n, o in zip(("mean", "logvar", "log_scale"), (mean_out, logvar_out, log_scale_out))]
     blocks, threads = grid(rows, width)
-    _product_rows[blocks, threads](*operands, _kl.constants(dtype), *outs)
+    _product_rows[blocks, threads, launch_stream()](*operands, _kl.constants(dtype), *outs)
+
+
+# --- backward (VJP) kernels ------------------------------------------------------------------
+# ``_rows_vjp`` evaluates the partial derivatives (fastgauss._device.kl's *_vjp, in float64) of
+# every element times its cotangent and writes the wanted ones into (rows, width) destinations:
+# the gradient itself for a full argument, else a float64 temporary that ``_sum_to`` reduces
+# to the argument's shape (a block per gradient element, a fixed tree over its threads, so
+# the order depends on the shape alone).
+
+
+@cuda.jit(device=True)
+def element_vjp(op, a, b, v, w, r, j, extra, c):
+    if len(op) == 1:
+        return _normal_kl_vjp(
+            float64(load(a, r, j)), float64(load(b, r, j)), float64(load(v, r, j)), float64(load(w, r, j)), c
+        )
+    if len(op) == 2:
+        return _normal_logpdf_vjp(float64(load(a, r, j)), float64(load(b, r, j)), float64(load(v, r, j)), c)
+    return _discretized_vjp(float64(load(a, r, j)), float64(load(b, r, j)), float64(load(v, r, j)), extra, c)
+
+
+@cuda.jit(cache=True)
+def _rows_vjp(op, a, b, v, w, extra, c, g, scale, dest_a, dest_b, dest_v, dest_w, want, rows, width):
+    for r in range(cuda.blockIdx.y, rows, cuda.gridDim.y):
+        for j in range(cuda.grid(1), width, cuda.gridsize(1)):
+            gj = float64(load(g, r, j)) * scale
+            da, db, dv, dw = element_vjp(op, a, b, v, w, r, j, extra, c)
+            if want[0]:
+                dest_a[r, j] = da * gj
+            if want[1]:
+                dest_b[r, j] = db * gj
+            if want[2]:
+                dest_v[r, j] = dv * gj
+            if want[3]:
+                dest_w[r, j] = dw * gj
+
+
+@cuda.jit(cache=True)
+def _sum_to(full, kept, summed, strides, out):
+    """out (flat, C order over ``kept``) = the sum of ``full`` (flat, C order) over the axes where
+    kept is 1 and summed is the full extent (kept[k] * summed[k] = the full shape's axis k)."""
+    shared = cuda.shared.array(THREADS, float64)
+    per = full.size // out.size
+    for o in range(cuda.blockIdx.x, out.size, cuda.gridDim.x):
+        total = 0.0
+        for q in range(cuda.threadIdx.x, per, cuda.blockDim.x):
+            rest_o = o
+            rest_q = q
+            offset = 0
+            for k in range(kept.size - 1, -1, -1):
+                offset += (rest_o % kept[k] + rest_q % summed[k]) * strides[k]
+                rest_o //= kept[k]
+                rest_q //= summed[k]
+            total += full[offset]
+        total = block_sum(shared, total)
+        if cuda.threadIdx.x == 0:
+            out[o] = total
+
+
+def _reduce_into(name, full, shape, grad):
+    """grad (an argument's shape) = full (``shape``, float64 device array) summed over the broadcast axes."""
+    own = tuple(_checks.shape_dtype(grad)[0])
+    kept = (1,) * (len(shape) - len(own)) + own
+    summed = tuple(n if m == 1 else 1 for n, m in zip(shape, kept))
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.insert(0, step)
+        step *= n
+    out = as_flat(name, grad)
+    as_array = lambda values: cuda.to_device(np.array(values or (1,), np.int64))  # noqa: E731
+    _sum_to[max(1, min(out.size, 4096)), THREADS, launch_stream()](
+        full.reshape(full.size), as_array(kept), as_array(summed), as_array(strides), out
+    )
+
+
+def _run_vjp(op, names, cotangent, arrays, grads, extra, shape, reduce):
+    wanted = [grad for grad in grads if grad is not None]
+    if not wanted:
+        return
+    dtype = _checks.shape_dtype(wanted[0])[1]
+    rows = shape[0] if len(shape) else 1
+    width = _checks.size(shape[1:])
+    if rows * width == 0:
+        for name, grad in zip(names, grads):
+            if grad is not None and _checks.size(_checks.shape_dtype(grad)[0]):
+                as_flat(name, grad).copy_to_device(np.zeros(_checks.size(_checks.shape_dtype(grad)[0]), dtype))
+        return
+    operands = [operand(n, a, shape, rows, width, dtype) for n, a in zip(names, arrays)]
+    if len(operands) == 3:
+        operands.append(operands[0])  # w: never read by the three-operand ops
+    if reduce is None:
+        g = operand("cotangent", cotangent, shape, rows, width, dtype)
+        scale = 1.0
+    else:
+        g = as_flat("cotangent", _numba_view(cotangent)).reshape(rows, 1)
+        scale = 1.0 / width if reduce == "mean" else 1.0
+    unused = cuda.device_array((1, 1), dtype)
+    destinations, temporaries = [], []
+    for name, a, grad in zip(names, arrays, grads):
+        kind, lead = _checks.broadcast_kind(_shape(a), shape)
+        if grad is None or (kind == "full" and lead == rows):
+            destinations.append(unused if grad is None else as_flat(name, grad).reshape(rows, width))
+            continue
+        destinations.append(cuda.device_array((rows, width), np.float64))
+        temporaries.append((name, destinations[-1], grad))
+    destinations += [unused] * (4 - len(destinations))
+    want = np.array([grad is not None for grad in grads] + [False] * (4 - len(grads)))
+    blocks, threads = grid(rows, width)
+    _rows_vjp[blocks, threads, launch_stream()](
+        OPS[op], *operands, np.float64(extra), _kl.F64, g, scale, *destinations, cuda.to_device(want), rows, width
+    )
+    for name, temporary, grad in temporaries:
+        _reduce_into(name, temporary, shape, grad)
+
+
+def normal_kl_vjp(cotangent, mean1, logvar1, mean2, logvar2, *, shape, reduce, grad_mean1, grad_logvar1, grad_mean2, grad_logvar2):
+    _run_vjp(
+        "normal_kl", ("mean1", "logvar1", "mean2", "logvar2"), cotangent, (mean1, logvar1, mean2, logvar2),
+        (grad_mean1, grad_logvar1, grad_mean2, grad_logvar2), 0.0, shape, reduce,
+    )
+
+
+def normal_logpdf_vjp(cotangent, x, mean, logvar, *, shape, reduce, grad_x, grad_mean, grad_logvar):
+    _run_vjp("normal_logpdf", ("x", "mean", "logvar"), cotangent, (x, mean, logvar), (grad_x, grad_mean, grad_logvar), 0.0, shape, reduce)
+
+
+def discretized_gaussian_log_likelihood_vjp(cotangent, x, means, log_scales, *, bins, shape, reduce, grad_x, grad_means, grad_log_scales):
+    _run_vjp(
+        "discretized_gaussian_log_likelihood", ("x", "means", "log_scales"), cotangent, (x, means, log_scales),
+        (grad_x, grad_means, grad_log_scales), 1.0 / bins, shape, reduce,
+    )

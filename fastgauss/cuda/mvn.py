@@ -22,7 +22,7 @@ from fastgauss._device import mvn as _mvn
 from fastgauss._plans import mvn as plan
 from fastgauss._plans.mvn import NO_FAILURE, geometry
 from fastgauss._plans.stream import kernel_state, values_per_block, words
-from fastgauss.cuda import _numba_view
+from fastgauss.cuda import _numba_view, launch_stream
 from fastgauss.cuda.random import launch_config, normals, on_device, standard_normal, stream_slot
 
 _d = _device.compile_for(cuda.jit(device=True), _mvn)
@@ -220,7 +220,7 @@ def dims(d):
 
 def _launch(kernel, count, *args):
     blocks, threads = launch_config(count)
-    kernel[blocks, threads](*args)
+    kernel[blocks, threads, launch_stream()](*args)
 
 
 def _view(name, a, shape):
@@ -848,7 +848,7 @@ def mvn_affine(mean, cov, A, b, batch, mean_out, cov_out):
         b = cuda.to_device(np.zeros(k, shape_dtype(mean_out)[1]))
     geometry_arrays = _algebra_geometry(batch, (mean, 1), (cov, 2), (A, 2), (b, 1))
     blocks, threads, work = _scratch(n, 1, k, d)
-    _affine_kernel[blocks, threads](
+    _affine_kernel[blocks, threads, launch_stream()](
         _vectors("mean", mean), _matrices("cov", cov), _matrices("A", A), _vectors("b", b), *geometry_arrays, work,
         _flat("mean_out", batch, mean_out, (k,)), _flat("cov_out", batch, cov_out, (k, k)),
     )
@@ -877,7 +877,7 @@ def mvn_condition(mean, cov, index, other, value, batch, mean_out, *, cov_out):
     status = cuda.to_device(np.zeros(covs.shape[0], np.int32))
     geometry_arrays = _algebra_geometry(batch, (mean, 1), (cov, 2), (value, 1))
     blocks, threads, work = _scratch(n, 2, m, max(m, r + 1))
-    _condition_kernel[blocks, threads](
+    _condition_kernel[blocks, threads, launch_stream()](
         _vectors("mean", mean), covs, _vectors("value", value), cuda.to_device(index), cuda.to_device(other), *geometry_arrays,
         work, _flat("mean_out", batch, mean_out, (r,)), _flat("cov_out", batch, cov_out, (r, r)), status,
     )
@@ -892,7 +892,7 @@ def gaussian_product(mean1, cov1, mean2, cov2, batch, mean_out, cov_out, *, log_
     status = cuda.device_array(n, np.int32)
     geometry_arrays = _algebra_geometry(batch, (mean1, 1), (cov1, 2), (mean2, 1), (cov2, 2))
     blocks, threads, work = _scratch(n, 2, d, 2 * d + 1)
-    _product_kernel[blocks, threads](
+    _product_kernel[blocks, threads, launch_stream()](
         _vectors("mean1", mean1), _matrices("cov1", cov1), _vectors("mean2", mean2), _matrices("cov2", cov2), *geometry_arrays,
         LOG_2PI, work, _flat("mean_out", batch, mean_out, (d,)), _flat("cov_out", batch, cov_out, (d, d)),
         _flat("log_scale_out", batch, log_scale_out), status,
@@ -909,7 +909,7 @@ def kalman_update(mean, cov, H, R, y, batch, mean_out, *, cov_out, log_likelihoo
     geometry_arrays = _algebra_geometry(batch, (mean, 1), (cov, 2), (H, 2), (R, 2), (y, 1))
     size = max(d, k) + 1
     blocks, threads, work = _scratch(n, 6, size, size)
-    _kalman_kernel[blocks, threads](
+    _kalman_kernel[blocks, threads, launch_stream()](
         _vectors("mean", mean), _matrices("cov", cov), _matrices("H", H), _matrices("R", R), _vectors("y", y), *geometry_arrays,
         LOG_2PI, work, _flat("mean_out", batch, mean_out, (d,)), _flat("cov_out", batch, cov_out, (d, d)),
         _flat("log_likelihood_out", batch, log_likelihood_out), status,

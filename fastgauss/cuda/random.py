@@ -11,7 +11,7 @@ from fastgauss import _device
 from fastgauss._checks import shape_dtype
 from fastgauss._device import random as _random
 from fastgauss._plans.stream import kernel_state, values_per_block
-from fastgauss.cuda import THREADS, as_flat
+from fastgauss.cuda import THREADS, as_flat, launch_stream
 
 _d = _device.compile_for(cuda.jit(device=True), _random)
 _block = _d.block
@@ -90,7 +90,7 @@ def _launch_fill(out, normal, key, offset, window):
     flat = as_flat("out", out)
     per_block = values_per_block(flat.dtype)
     blocks, threads = launch_config(-(-flat.size // per_block))
-    _fill[blocks, threads](flat, normal, per_block, *on_device(kernel_state((key, offset, window), shape)))
+    _fill[blocks, threads, launch_stream()](flat, normal, per_block, *on_device(kernel_state((key, offset, window), shape)))
 
 
 def standard_normal(out, key, offset, window):
@@ -130,7 +130,7 @@ def philox4x32_10(counters, keys, out):
         if array.shape[0] not in (1, rows):
             raise ValueError(f"on the GPU, {name} must have the leading shape of the result or a single row")
     blocks, threads = launch_config(rows)
-    _philox[blocks, threads](counters_2d, keys_2d, as_flat("out", out).reshape(rows, 4))
+    _philox[blocks, threads, launch_stream()](counters_2d, keys_2d, as_flat("out", out).reshape(rows, 4))
 
 
 @cuda.jit(cache=True)
@@ -143,4 +143,4 @@ def scale_shift(out, scale, shift):
     """out = out * scale + shift in place (normal's second step)."""
     flat = as_flat("out", out)
     blocks, threads = launch_config(flat.size)
-    _scale_shift[blocks, threads](flat, flat.dtype.type(scale), flat.dtype.type(shift))
+    _scale_shift[blocks, threads, launch_stream()](flat, flat.dtype.type(scale), flat.dtype.type(shift))

@@ -1,7 +1,9 @@
-"""Adapters at the edge: other array kinds in, the same kind out.
+"""Adapters at the edge: other libraries' arrays in, the same kind out (torch tensors, Dask arrays).
 
-``fastgauss._dispatch`` recognizes an adapter's array kind without importing its library
-and hands the call to ``fastgauss.interop.<kind>``; the adapter converts and calls the
-public ops (never re-implements them). Each adapter imports its optional library, so
-``import fastgauss`` imports none of them.
+``fastgauss._dispatch.ADAPTERS`` maps an array library to its adapter here; a public op
+called with such an array hands the call over (``fastgauss._dispatch.adapts``). An adapter
+converts the arrays, calls the public ops (and, for autograd, their VJPs: ``fastgauss.vjp``)
+and converts back: it never re-implements a formula. Importing fastgauss imports no
+adapter; an adapter (and its library) is imported the first time an array of its kind
+reaches an op.
 """

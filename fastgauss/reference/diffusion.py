@@ -123,6 +123,18 @@ def ddpm_step(model_output, xt, t, schedule, out, *, x0_out, noise, stream, pred
         x0_out[...] = x0
 
 
+def _ddim_coefficients(schedule, t, t_prev, eta, dtype, ndim):
+    """(sqrt(abar_prev), sqrt(1 - abar_prev - sigma^2), sigma) in ``dtype``, per sample, from float64:
+    abar_prev = 1 for t_prev = -1, sigma = eta sqrt((1 - abar_prev) / (1 - abar_t) (1 - abar_t / abar_prev))."""
+    abar_table = np.append(schedule.alphas_cumprod, 1.0)  # index -1 -> abar_prev = 1
+    abar, abar_prev = abar_table[t], abar_table[t_prev]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sigma = eta * np.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
+    direction = np.sqrt(1 - abar_prev - sigma**2)
+    shape = (-1,) + (1,) * (ndim - 1) if np.ndim(t) else ()
+    return tuple(np.asarray(v, dtype).reshape(shape) for v in (np.sqrt(abar_prev), direction, sigma))
+
+
 def ddim_step(model_output, xt, t, t_prev, schedule, out, *, x0_out, noise, stream, eta, prediction, clip):
     """DDIM step t -> t_prev (Song et al. 2021; diffusers' DDIMScheduler.step with
     set_alpha_to_one=True, use_clipped_model_output=False): abar_prev = 1 for t_prev = -1;
@@ -132,16 +144,131 @@ def ddim_step(model_output, xt, t, t_prev, schedule, out, *, x0_out, noise, stre
     x0, eps = _model_to_x0_eps(model_output, xt, prediction, schedule, t, dtype)
     if clip is not None:
         x0 = np.clip(x0, -clip, clip)
-    abar_table = np.append(schedule.alphas_cumprod, 1.0)  # index -1 -> abar_prev = 1
-    abar, abar_prev = abar_table[t], abar_table[t_prev]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        sigma = eta * np.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
-    direction = np.sqrt(1 - abar_prev - sigma**2)
-    shape = (-1,) + (1,) * (ndim - 1) if np.ndim(t) else ()
-    sqrt_prev, direction, sigma = (np.asarray(v, dtype).reshape(shape) for v in (np.sqrt(abar_prev), direction, sigma))
+    sqrt_prev, direction, sigma = _ddim_coefficients(schedule, t, t_prev, eta, dtype, ndim)
     prev = sqrt_prev * x0 + direction * eps
     if eta > 0:
         prev = np.where(sigma != 0, prev + sigma * _noise(out.shape, dtype, noise, stream), prev)
     out[...] = prev
     if x0_out is not None:
         x0_out[...] = x0
+
+
+# --- VJPs: the gradients, from the derivative formulas -----------------------------------------
+# Every diffusion op is linear in its array arguments (up to the clamp of the steps), so each
+# gradient is the cotangent times the op's per-sample coefficient, evaluated in float64 from the
+# schedule and rounded once. ``grad_<name>`` is an array of the argument's shape to write, or
+# None (not wanted).
+
+
+def _write(grad, coefficient, g):
+    if grad is not None:
+        with np.errstate(all="ignore"):
+            grad[...] = coefficient * g
+
+
+def _linear_vjp(cotangent, t, schedule, grad_u, grad_w, a, b):
+    g = np.asarray(cotangent, np.float64)
+    _write(grad_u, _per_sample(a, t, np.float64, g.ndim), g)
+    _write(grad_w, _per_sample(b, t, np.float64, g.ndim), g)
+
+
+def q_sample_vjp(cotangent, noise_cotangent, t, schedule, grad_x0, grad_noise):
+    """d x_t / d x0 = sqrt(abar_t), d x_t / d noise = sqrt(1 - abar_t); the cotangent of the returned
+    noise (return_noise=True with the noise given: that output is the noise itself) adds to grad_noise."""
+    _linear_vjp(cotangent, t, schedule, grad_x0, grad_noise, schedule.sqrt_alphas_cumprod, schedule.sqrt_one_minus_alphas_cumprod)
+    if grad_noise is not None and noise_cotangent is not None:
+        grad_noise += np.asarray(noise_cotangent, grad_noise.dtype)
+
+
+def q_posterior_vjp(cotangent, t, schedule, grad_x0, grad_xt):
+    """d mean / d x0 = posterior_mean_coef1[t], d mean / d x_t = posterior_mean_coef2[t]."""
+    _linear_vjp(cotangent, t, schedule, grad_x0, grad_xt, schedule.posterior_mean_coef1, schedule.posterior_mean_coef2)
+
+
+def predict_x0_vjp(cotangent, t, schedule, grad_xt, grad_eps):
+    """d/dx_t = 1 / sqrt(abar_t), d/deps = -sqrt(1 - abar_t) / sqrt(abar_t)."""
+    sa, sn = schedule.sqrt_alphas_cumprod, schedule.sqrt_one_minus_alphas_cumprod
+    with np.errstate(divide="ignore"):
+        _linear_vjp(cotangent, t, schedule, grad_xt, grad_eps, 1.0 / sa, -sn / sa)
+
+
+def predict_eps_vjp(cotangent, t, schedule, grad_xt, grad_x0):
+    """d/dx_t = 1 / sqrt(1 - abar_t), d/dx0 = -sqrt(abar_t) / sqrt(1 - abar_t)."""
+    sa, sn = schedule.sqrt_alphas_cumprod, schedule.sqrt_one_minus_alphas_cumprod
+    with np.errstate(divide="ignore"):
+        _linear_vjp(cotangent, t, schedule, grad_xt, grad_x0, 1.0 / sn, -sa / sn)
+
+
+def predict_v_vjp(cotangent, t, schedule, grad_x0, grad_eps):
+    """d/dx0 = -sqrt(1 - abar_t), d/deps = sqrt(abar_t)."""
+    _linear_vjp(cotangent, t, schedule, grad_x0, grad_eps, -schedule.sqrt_one_minus_alphas_cumprod, schedule.sqrt_alphas_cumprod)
+
+
+def v_to_x0_vjp(cotangent, t, schedule, grad_xt, grad_v):
+    """d/dx_t = sqrt(abar_t), d/dv = -sqrt(1 - abar_t)."""
+    _linear_vjp(cotangent, t, schedule, grad_xt, grad_v, schedule.sqrt_alphas_cumprod, -schedule.sqrt_one_minus_alphas_cumprod)
+
+
+def v_to_eps_vjp(cotangent, t, schedule, grad_xt, grad_v):
+    """d/dx_t = sqrt(1 - abar_t), d/dv = sqrt(abar_t)."""
+    _linear_vjp(cotangent, t, schedule, grad_xt, grad_v, schedule.sqrt_one_minus_alphas_cumprod, schedule.sqrt_alphas_cumprod)
+
+
+def posterior_mean_from_eps_vjp(cotangent, t, schedule, grad_xt, grad_eps):
+    """d/dx_t = 1 / sqrt(alpha_t), d/deps = -beta_t / (sqrt(1 - abar_t) sqrt(alpha_t))."""
+    root = np.sqrt(schedule.alphas)
+    with np.errstate(divide="ignore"):
+        b = -schedule.betas / (schedule.sqrt_one_minus_alphas_cumprod * root)
+    _linear_vjp(cotangent, t, schedule, grad_xt, grad_eps, 1.0 / root, b)
+
+
+def _model_jacobians(prediction, sa, sn):
+    """(d x0/d x_t, d x0/d m, d eps/d x_t, d eps/d m) of the x0 and eps implied by the model output m."""
+    one, zero = np.ones_like(sa), np.zeros_like(sa)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if prediction == "epsilon":  # x0 = (x_t - sn m) / sa, eps = m
+            return 1.0 / sa, -sn / sa, zero, one
+        if prediction == "sample":  # x0 = m, eps = (x_t - sa m) / sn
+            return zero, one, 1.0 / sn, -sa / sn
+        return sa, -sn, sn, sa  # v: x0 = sa x_t - sn m, eps = sa m + sn x_t
+
+
+def _step_vjp(cotangent, x0_cotangent, model_output, xt, t, schedule, prediction, clip, coefficients, grads):
+    """The step x_prev = k0 clamp(x0(m, x_t)) + kx x_t + ke eps(m, x_t) + ks z, coefficients
+    (k0, kx, ke, ks) per sample: the clamp passes the gradient where -clip <= x0 <= clip, as
+    torch.clamp does; the x0 cotangent (return_x0) joins k0 g before the clamp.
+    grads = (model_output, xt, noise)."""
+    ndim = np.ndim(xt)
+    k0, kx, ke, ks = coefficients
+    sa, sn = _scales(schedule, t, np.float64, ndim)
+    ax, am, ex, em = _model_jacobians(prediction, sa, sn)
+    g = np.zeros(np.shape(xt)) if cotangent is None else np.asarray(cotangent, np.float64)
+    with np.errstate(all="ignore"):
+        through = k0 * g + (0.0 if x0_cotangent is None else np.asarray(x0_cotangent, np.float64))
+        if clip is not None:
+            raw = ax * np.asarray(xt, np.float64) + am * np.asarray(model_output, np.float64)
+            through = np.where((raw >= -clip) & (raw <= clip), through, 0.0)
+        grad_model, grad_xt, grad_noise = grads
+        _write(grad_model, 1.0, am * through + ke * em * g)
+        _write(grad_xt, 1.0, ax * through + kx * g + ke * ex * g)
+        _write(grad_noise, ks, g)
+
+
+def ddpm_step_vjp(cotangent, model_output, xt, t, schedule, grad_model_output, grad_xt, *, x0_cotangent, grad_noise, prediction, clip, variance):
+    """x_{t-1} = coef1 x0_hat + coef2 x_t + sigma z: d/dm = coef1 dx0/dm [inside the clamp],
+    d/dx_t = coef2 + coef1 dx0/dx_t [inside], d/dz = sigma (0 at t = 0)."""
+    ndim = np.ndim(xt)
+    coef1 = _per_sample(schedule.posterior_mean_coef1, t, np.float64, ndim)
+    coef2 = _per_sample(schedule.posterior_mean_coef2, t, np.float64, ndim)
+    var = np.maximum(schedule.posterior_variance, 1e-20) if variance == "small" else schedule.betas
+    std = _per_sample(np.where(np.arange(schedule.num_timesteps) > 0, np.sqrt(var), 0.0), t, np.float64, ndim)
+    _step_vjp(cotangent, x0_cotangent, model_output, xt, t, schedule, prediction, clip, (coef1, coef2, 0.0, std),
+              (grad_model_output, grad_xt, grad_noise))
+
+
+def ddim_step_vjp(cotangent, model_output, xt, t, t_prev, schedule, grad_model_output, *, grad_xt, x0_cotangent, grad_noise, eta, prediction, clip):
+    """x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps_hat + sigma z: the chain
+    rule through x0_hat (clamped) and eps_hat (unclamped); d/dz = sigma."""
+    sqrt_prev, direction, sigma = _ddim_coefficients(schedule, t, t_prev, eta, np.float64, np.ndim(xt))
+    _step_vjp(cotangent, x0_cotangent, model_output, xt, t, schedule, prediction, clip, (sqrt_prev, 0.0, direction, sigma),
+              (grad_model_output, grad_xt, grad_noise))

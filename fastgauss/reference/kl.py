@@ -95,3 +95,93 @@ def normal_product(mean1, logvar1, mean2, logvar2, *, shape, mean_out, logvar_ou
     mean_out[...] = np.broadcast_to(mean, shape)
     logvar_out[...] = np.broadcast_to(logvar, shape)
     log_scale_out[...] = np.broadcast_to(log_scale, shape)
+
+
+# --- VJPs: the gradients, from the derivative formulas -----------------------------------------
+# Each takes the cotangent of the forward's result (its shape: the broadcast shape, or (B,) when
+# reducing) and the forward's arguments, and writes the gradient of every argument whose
+# ``grad_<name>`` is an array (the argument's own shape, broadcast axes summed); None: not wanted.
+
+
+def _elementwise_cotangent(cotangent, shape, reduce):
+    """The cotangent of each element of the broadcast shape, float64 (a reduction spreads its row's
+    cotangent over the row, divided by the row's size for "mean")."""
+    g = np.asarray(cotangent, dtype=np.float64)
+    if reduce is None:
+        return np.broadcast_to(g, shape)
+    width = 1
+    for n in shape[1:]:
+        width *= n
+    g = g.reshape((-1,) + (1,) * (len(shape) - 1))
+    return np.broadcast_to(g / width if reduce == "mean" else g, shape)
+
+
+def sum_to(values, target_shape):
+    """``values`` summed over the axes along which an argument of ``target_shape`` was broadcast."""
+    target_shape = tuple(target_shape)
+    lead = values.ndim - len(target_shape)
+    axes = tuple(range(lead)) + tuple(lead + k for k, n in enumerate(target_shape) if n == 1 and values.shape[lead + k] != 1)
+    return values.sum(axis=axes).reshape(target_shape) if axes else values.reshape(target_shape)
+
+
+def _write(grad, partial, g, shape):
+    if grad is not None:
+        with np.errstate(all="ignore"):
+            grad[...] = sum_to(np.broadcast_to(partial * g, shape), grad.shape)
+
+
+def normal_kl_vjp(cotangent, mean1, logvar1, mean2, logvar2, *, shape, reduce, grad_mean1, grad_logvar1, grad_mean2, grad_logvar2):
+    """dKL/dmean1 = (mean1 - mean2) e^-logvar2 = -dKL/dmean2; dKL/dlogvar1 = (e^(logvar1 - logvar2) - 1) / 2;
+    dKL/dlogvar2 = (1 - e^(logvar1 - logvar2) - (mean1 - mean2)^2 e^-logvar2) / 2."""
+    g = _elementwise_cotangent(cotangent, shape, reduce)
+    mean1, logvar1, mean2, logvar2 = _float64(mean1, logvar1, mean2, logvar2)
+    with np.errstate(all="ignore"):
+        d_mean = (mean1 - mean2) * np.exp(-logvar2)
+        ratio = np.exp(logvar1 - logvar2)
+        _write(grad_mean1, d_mean, g, shape)
+        _write(grad_mean2, -d_mean, g, shape)
+        _write(grad_logvar1, 0.5 * (ratio - 1.0), g, shape)
+        _write(grad_logvar2, 0.5 * (1.0 - ratio - (mean1 - mean2) ** 2 * np.exp(-logvar2)), g, shape)
+
+
+def normal_logpdf_vjp(cotangent, x, mean, logvar, *, shape, reduce, grad_x, grad_mean, grad_logvar):
+    """d/dx = -(x - mean) e^-logvar = -d/dmean; d/dlogvar = ((x - mean)^2 e^-logvar - 1) / 2."""
+    g = _elementwise_cotangent(cotangent, shape, reduce)
+    x, mean, logvar = _float64(x, mean, logvar)
+    with np.errstate(all="ignore"):
+        d_x = -(x - mean) * np.exp(-logvar)
+        _write(grad_x, d_x, g, shape)
+        _write(grad_mean, -d_x, g, shape)
+        _write(grad_logvar, 0.5 * ((x - mean) ** 2 * np.exp(-logvar) - 1.0), g, shape)
+
+
+def approx_standard_normal_pdf(x):
+    """The derivative of ``approx_standard_normal_cdf``: 0.5 (1 - tanh^2 y) sqrt(2/pi) (1 + 3 0.044715 x^2)."""
+    k = np.sqrt(2.0 / np.pi)
+    return 0.5 * (1.0 - np.tanh(k * (x + 0.044715 * x**3)) ** 2) * k * (1.0 + 3.0 * 0.044715 * x**2)
+
+
+def discretized_gaussian_log_likelihood_vjp(cotangent, x, means, log_scales, *, bins, shape, reduce, grad_x, grad_means, grad_log_scales):
+    """The derivative of log p for the selected p (cdf_plus, 1 - cdf_min or cdf_plus - cdf_min),
+    zero where p < 1e-12 was clamped (torch.clamp passes no gradient there):
+    dlogp/dplus_in = [p uses cdf_plus] pdf(plus_in) / p, dlogp/dmin_in = -[p uses cdf_min] pdf(min_in) / p,
+    with plus_in, min_in = e^-s (x - means +- 1/bins): d/dmeans = -e^-s (dlogp/dplus_in + dlogp/dmin_in),
+    d/dlog_scales = -(plus_in dlogp/dplus_in + min_in dlogp/dmin_in), d/dx = -d/dmeans."""
+    g = _elementwise_cotangent(cotangent, shape, reduce)
+    x, means, log_scales = _float64(x, means, log_scales)
+    with np.errstate(all="ignore"):
+        x, means, log_scales = np.broadcast_arrays(x, means, log_scales)
+        inv_stdv = np.exp(-log_scales)
+        plus_in = inv_stdv * (x - means + 1.0 / bins)
+        min_in = inv_stdv * (x - means - 1.0 / bins)
+        cdf_plus = approx_standard_normal_cdf(plus_in)
+        cdf_min = approx_standard_normal_cdf(min_in)
+        low, high = x < -0.999, x > 0.999
+        p = np.where(low, cdf_plus, np.where(high, 1.0 - cdf_min, cdf_plus - cdf_min))
+        passes = p >= 1e-12
+        l_plus = np.where(passes & ~high, approx_standard_normal_pdf(plus_in) / p, 0.0)
+        l_min = np.where(passes & ~low, -approx_standard_normal_pdf(min_in) / p, 0.0)
+        d_means = -inv_stdv * (l_plus + l_min)
+        _write(grad_x, -d_means, g, shape)
+        _write(grad_means, d_means, g, shape)
+        _write(grad_log_scales, -(l_plus * plus_in + l_min * min_in), g, shape)
