@@ -599,6 +599,8 @@ def _allocate_gradients(wanted, arguments, dtype, zero):
 
 def _wanted_only(grads):
     return {name: grad for name, grad in grads.items() if grad is not None}
+
+
 # --- Gaussian algebra ---
 # Affine maps, marginals, conditionals, products and the Kalman update of batches of
 # Gaussians. Covariances are read from their lower triangles, as everywhere in this family,

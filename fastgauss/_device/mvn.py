@@ -334,6 +334,8 @@ def store_opposite(v, vl, d, want_minus, minus, want_plus, plus, b):
             minus[b, i] = -v[vl, i]
         if want_plus:
             plus[b, i] = v[vl, i]
+
+
 # --- Gaussian algebra ---
 # Work buffers are float64 matrices addressed [slot, i, j] (a vector is a column of one):
 # the kernels load the blocks they need into them, factor in place and solve column-wise.

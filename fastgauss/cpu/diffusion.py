@@ -110,7 +110,7 @@ def _step_vjp(g, x0_g, xt, model, t, coefficients, clip, grad_xt, grad_m, grad_z
     if like is None or like.size == 0:
         return
     dtype = like.dtype
-    p = plan.step_plan(t, coefficients, clip, None, None, dtype)
+    p = plan.step_plan(t, coefficients, clip, None, None, dtype, like.shape)
     flat = lambda a: as_rows(a, 1)[0].astype(dtype, copy=False)  # noqa: E731  (a rare mixed dtype: a copy)
     g_flat = flat(g) if g is not None else np.zeros(like.size, dtype)
     g0_flat = flat(x0_g) if x0_g is not None else g_flat

@@ -651,6 +651,8 @@ def mvn_kl_vjp(cotangent, mean1, cov1, mean2, cov2, batch, *, grad_mean1, grad_c
     _finish_matrices(grad_cov1, targets[1], batch, batches[1], True, mats[0])
     _finish_matrices(grad_cov2, targets[3], batch, batches[3], True, mats[1])
     return status
+
+
 # --- Gaussian algebra ---
 # One prange item per chunk of outputs; each chunk owns a small float64 work buffer (slots of
 # the blocks being factored and solved, L1-resident) and writes each output once. Inputs are

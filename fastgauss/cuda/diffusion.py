@@ -90,7 +90,7 @@ def _step_vjp(g, x0_g, xt, model, t, coefficients, clip, grad_xt, grad_m, grad_z
     shape, dtype = shape_dtype(grads[0])
     if 0 in shape:
         return
-    p = plan.step_plan(t, coefficients, clip, None, None, dtype)
+    p = plan.step_plan(t, coefficients, clip, None, None, dtype, shape)
     g_flat = as_flat("cotangent", g) if g is not None else cuda.to_device(np.zeros(_size(shape), dtype))
     g0_flat = as_flat("x0 cotangent", x0_g) if x0_g is not None else g_flat
     # x_t and m are read for the clamp only; without one the kernel reads g in their place

@@ -735,6 +735,8 @@ def mvn_kl_vjp(cotangent, mean1, cov1, mean2, cov2, batch, *, grad_mean1, grad_c
     _finish("mean2", grad_mean2, targets[2], batch, batches[2])
     _finish("cov2", grad_cov2, targets[3], batch, batches[3], True, mats[1])
     return status
+
+
 # --- Gaussian algebra ---
 # One thread per output (grid-stride). Each thread's work buffer (the slots of the blocks it
 # factors and solves) is its own rows of a float64 scratch in global memory, sized by the

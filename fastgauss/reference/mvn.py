@@ -269,6 +269,9 @@ def mvn_kl_vjp(cotangent, mean1, cov1, mean2, cov2, batch, *, grad_mean1, grad_c
     if grad_cov2 is not None:
         grad_L2 = g[..., None, None] * (eye / np.diagonal(L2, axis1=-2, axis2=-1)[..., None] - np.tril(A @ _transpose(M)) - np.tril(v @ _transpose(w)))
         _write_matrix_grad(L2, grad_L2, L2.shape, grad_cov2, None)
+    return status
+
+
 # --- Gaussian algebra ---
 # Covariances are the symmetric matrices their lower triangles define (as everywhere in the
 # family); results are symmetrized, 0.5 (C + C^T), so the spec is symmetric exactly.
