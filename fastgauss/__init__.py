@@ -21,6 +21,7 @@ from fastgauss.diffusion import (
     v_to_x0,
 )
 from fastgauss.kl import discretized_gaussian_log_likelihood, normal_kl, normal_logpdf
+from fastgauss.objective import diffusion_loss, hybrid_loss, model_log_variance, nll_bpd, prior_bpd, vlb_terms
 from fastgauss.mvn import cholesky, mvn_kl, mvn_logpdf, mvn_sample
 from fastgauss.random import Generator, default_rng
 from fastgauss.schedules import NoiseSchedule
@@ -51,6 +52,12 @@ __all__ = [
     "normal_kl",
     "normal_logpdf",
     "discretized_gaussian_log_likelihood",
+    "model_log_variance",
+    "vlb_terms",
+    "prior_bpd",
+    "diffusion_loss",
+    "hybrid_loss",
+    "nll_bpd",
     "set_backend",
     "use_backend",
 ]
