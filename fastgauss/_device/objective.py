@@ -19,7 +19,8 @@ and the terms, before the row's weight:
 
     vlb     = KL(N(c1 x0 + c2 x_t, e^true_logvar) || N(mu_hat, e^logvar))        t > 0
             = -log P_discretized(x0; mu_hat, log_scale = logvar / 2)          t = 0
-    prior   = KL(N(sa x0, e^true_logvar) || N(0, 1))
+    prior   = KL(N(sa x0, e^true_logvar) || N(0, 1)): the KL rows of vlb with c1 = sa, c2 = 0,
+              ax = am = 0 (a model mean of 0) and lv_a = lv_b = 0
     mse     = (m - (tp x0 + tq noise))^2          (the prediction type's target)
     hybrid  = mse_weight mse + weight vlb(x0, x_t = sa x0 + sn noise, m, v)
 
@@ -31,8 +32,9 @@ from fastgauss._device.diffusion import clamp, term
 from fastgauss._device.kl import discretized_gaussian_log_likelihood, exp, exp_excess, normal_kl, sigmoid
 
 # Op codes of the kernels: which term an (a, b, u, w) operand set is.
-LOGVAR, VLB, PRIOR, LOSS = 0, 1, 2, 3
+LOGVAR, VLB, LOSS = 0, 1, 3
 HYBRID = VLB  # the bound's loop with the squared error switched on (see ``bound``)
+PRIOR = VLB  # the KL rows with c1 = sa, c2 = 0 and a model mean and log variance of 0
 # Operands per op:  LOGVAR (v, -, -, -)   VLB (x0, x_t, m, v)   HYBRID (x0, noise, m, v)
 #                   PRIOR (x0, -, -, -)   LOSS (m, x0, noise, -); absent operands are any
 #                   array of the op (never read: their coefficients are 0 or they are unused).
@@ -77,10 +79,6 @@ def vlb_decoder(k, x0, xt, m, v, c):
     return -discretized_gaussian_log_likelihood(x0, model_mean(k, xt, m), log_scale, k[HALF_BIN], c)
 
 
-def prior(k, x0, c):
-    return normal_kl(k[SA] * x0, k[TRUE_LOGVAR], c.zero, c.zero, c)
-
-
 def residual(k, m, x0, noise):
     return m - (term(k[TP], x0) + term(k[TQ], noise))
 
@@ -90,13 +88,21 @@ def bound_xt(k, x0, b):
     return term(k[XA], x0) + k[XB] * b
 
 
-def bound(k, x0, b, m, v, decoder, c):
-    """The VLB and HYBRID term: weight vlb(x0, x_t, m, v) + mse_weight (m - target)^2 (the
-    squared error is exactly 0 for VLB, where mse_weight = 0); ``decoder``: the row is t = 0."""
-    xt = bound_xt(k, x0, b)
-    vlb = vlb_decoder(k, x0, xt, m, v, c) if decoder else vlb_kl(k, x0, xt, m, v, c)
+def bound_kl(k, x0, b, m, v, c):
+    """The VLB and HYBRID term of a row with t > 0: weight KL + mse_weight (m - target)^2 (the
+    squared error is exactly 0 for VLB, where mse_weight = 0)."""
     r = residual(k, m, x0, b)
-    return k[WEIGHT] * vlb + term(k[MSE_WEIGHT], r * r)
+    return k[WEIGHT] * vlb_kl(k, x0, bound_xt(k, x0, b), m, v, c) + term(k[MSE_WEIGHT], r * r)
+
+
+def bound_decoder(k, x0, b, m, v, c):
+    """The VLB and HYBRID term of a row with t = 0: the decoder's in place of the KL."""
+    r = residual(k, m, x0, b)
+    return k[WEIGHT] * vlb_decoder(k, x0, bound_xt(k, x0, b), m, v, c) + term(k[MSE_WEIGHT], r * r)
+
+
+def bound(k, x0, b, m, v, decoder, c):
+    return bound_decoder(k, x0, b, m, v, c) if decoder else bound_kl(k, x0, b, m, v, c)
 
 
 def value(op, k, a, b, u, w, c):
@@ -105,8 +111,6 @@ def value(op, k, a, b, u, w, c):
         return model_logvar(k, a)
     if op == VLB:
         return bound(k, a, b, u, w, k[DECODER] != c.zero, c)
-    if op == PRIOR:
-        return k[WEIGHT] * prior(k, a, c)
     r = residual(k, a, b, u)
     return k[MSE_WEIGHT] * (r * r)
 
@@ -182,16 +186,26 @@ def vlb_gradient(k, x0, xt, m, v, c):
     return g_x0 + c.zero, g_xt, term(k[AM], through), term(k[LV_B], g_logvar)
 
 
-def gradient(op, k, a, b, u, w, c):
-    """(d/da, d/db, d/du, d/dw) of value(op, ...) for VLB (HYBRID) and LOSS. HYBRID holds the
-    model mean constant in its bound (mean_grad = 0: d/dm is the squared error's, d/dv the
-    bound's); its x0 and noise derivatives are not meaningful there and not used."""
-    if op == LOSS:
-        r2 = (k[MSE_WEIGHT] + k[MSE_WEIGHT]) * residual(k, a, b, u)
-        return r2, -term(k[TP], r2), -term(k[TQ], r2), c.zero
-    xt = bound_xt(k, a, b)
-    g_x0, g_xt, g_m, g_v = vlb_gradient(k, a, xt, u, w, c)
+def loss_gradient(k, m, x0, noise, c):
+    """(d/dm, d/dx0, d/dnoise, 0) of mse_weight (m - tp x0 - tq noise)^2."""
+    r2 = (k[MSE_WEIGHT] + k[MSE_WEIGHT]) * residual(k, m, x0, noise)
+    return r2, -term(k[TP], r2), -term(k[TQ], r2), c.zero
+
+
+def bound_gradient(k, x0, b, m, v, c):
+    """(d/dx0, d/db, d/dm, d/dv) of the VLB / HYBRID term. HYBRID holds the model mean constant
+    in its bound (mean_grad = 0: d/dm is the squared error's, d/dv the bound's); its x0 and
+    noise derivatives are not meaningful there and not used."""
+    xt = bound_xt(k, x0, b)
+    g_x0, g_xt, g_m, g_v = vlb_gradient(k, x0, xt, m, v, c)
     s = k[WEIGHT]
-    r = residual(k, u, a, b)
+    r = residual(k, m, x0, b)
     g_mean = s * term(k[MEAN_GRAD], g_m) + term(k[MSE_WEIGHT], r + r)
     return s * (g_x0 + term(k[XA], g_xt)), s * k[XB] * g_xt, g_mean, s * g_v
+
+
+def gradient(op, k, a, b, u, w, c):
+    """(d/da, d/db, d/du, d/dw) of value(op, ...) for VLB (HYBRID) and LOSS."""
+    if op == LOSS:
+        return loss_gradient(k, a, b, u, c)
+    return bound_gradient(k, a, b, u, w, c)

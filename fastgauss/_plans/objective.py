@@ -102,9 +102,9 @@ def table(op, schedule, t, rows, dtype, *, prediction="epsilon", var_kind="fixed
         k[:, element.XB], k[:, element.MEAN_GRAD] = 1.0, 1.0
     if op == "hybrid_loss":  # x_t = sa x0 + sn noise; the bound holds the model mean constant
         k[:, element.XA], k[:, element.XB] = k[:, element.SA], k[:, element.SN]
-    if op == "prior_bpd":
+    if op == "prior_bpd":  # the bound's KL with true mean sa x0 and a model of mean 0, log variance 0
         last = schedule.num_timesteps - 1
-        k[:, element.SA] = schedule.sqrt_alphas_cumprod[last]
+        k[:, element.C1] = schedule.sqrt_alphas_cumprod[last]
         k[:, element.TRUE_LOGVAR] = np.log(1.0 - schedule.alphas_cumprod[last])
         k[:, element.WEIGHT] = 1.0 / LN2
     if op in ("diffusion_loss", "hybrid_loss"):

@@ -21,7 +21,7 @@ import numpy as np
 from fastgauss import _checks, _device
 from fastgauss._device import kl as _kl
 from fastgauss._device import objective as _objective
-from fastgauss._device.objective import DECODER, LOGVAR, MSE_WEIGHT, PRIOR, VLB, WEIGHT
+from fastgauss._device.objective import DECODER, LOGVAR, LOSS, MSE_WEIGHT, VLB
 from fastgauss._plans import objective as plan
 from fastgauss.cpu import diffusion as _cpu_diffusion
 from fastgauss.cpu import kl as _cpu_kl
@@ -32,10 +32,15 @@ _inline = numba.njit(error_model="numpy", inline="always")
 _o = _device.compile_for(_inline, _objective, linked=(_cpu_kl._d, _cpu_diffusion._d))
 _coefficients = _o.coefficients
 _model_logvar = _o.model_logvar
-_bound = _o.bound
-_prior = _o.prior
+_bound_kl = _o.bound_kl
 _residual = _o.residual
-_gradient = _o.gradient
+_loss_gradient = _o.loss_gradient
+# Called, not inlined: the decoder rows (t = 0, one timestep of T) and the bound's backward.
+# Inlined into the kernels they cost ~30 s of compilation per dtype each, for passes that are
+# not a training step's bottleneck (the KL rows and the loss backward are inlined).
+_called = _device.compile_for(numba.njit(error_model="numpy"), _objective, linked=(_cpu_kl._d, _cpu_diffusion._d))
+_bound_decoder = _called.bound_decoder
+_bound_gradient = _called.bound_gradient
 _item, _chunk_sum, _combine, segment, at = _cpu_kl._item, _cpu_kl._chunk_sum, _cpu_kl._combine, _cpu_kl.segment, _cpu_kl.at
 
 
@@ -47,17 +52,13 @@ def _fill(op, k, a, b, u, w, target, c):
     if op == LOGVAR:
         for j in range(n):
             target[j] = _model_logvar(k, a[j])
-    elif op == VLB:  # and HYBRID
+    elif op == VLB:  # and HYBRID, PRIOR
         if k[DECODER] != c.zero:
             for j in range(n):
-                target[j] = _bound(k, a[j], b[j], u[j], w[j], True, c)
+                target[j] = _bound_decoder(k, a[j], b[j], u[j], w[j], c)
         else:
             for j in range(n):
-                target[j] = _bound(k, a[j], b[j], u[j], w[j], False, c)
-    elif op == PRIOR:
-        s = k[WEIGHT]
-        for j in range(n):
-            target[j] = s * _prior(k, a[j], c)
+                target[j] = _bound_kl(k, a[j], b[j], u[j], w[j], c)
     else:
         s = k[MSE_WEIGHT]
         for j in range(n):
@@ -94,17 +95,26 @@ def _backward(op, a, b, u, w, table, c, scale, ga, gb, gu, gw, wants, rows, widt
             sa, sb, su, sw = a[r, start:stop], b[r, start:stop], u[r, start:stop], w[r, start:stop]
             ss = segment(scale, r, start, stop)
             ta, tb, tu, tw = segment(ga, r, start, stop), segment(gb, r, start, stop), segment(gu, r, start, stop), segment(gw, r, start, stop)
-            for j in range(stop - start):
-                d_a, d_b, d_u, d_w = _gradient(op, k, sa[j], sb[j], su[j], sw[j], c)
-                f = at(ss, j)
-                if want_a:
-                    ta[j] = f * d_a
-                if want_b:
-                    tb[j] = f * d_b
-                if want_u:
-                    tu[j] = f * d_u
-                if want_w:
-                    tw[j] = f * d_w
+            if op == LOSS:
+                for j in range(stop - start):
+                    d_a, d_b, d_u, d_w = _loss_gradient(k, sa[j], sb[j], su[j], c)
+                    _store(at(ss, j), d_a, d_b, d_u, d_w, ta, tb, tu, tw, j, want_a, want_b, want_u, want_w)
+            else:
+                for j in range(stop - start):
+                    d_a, d_b, d_u, d_w = _bound_gradient(k, sa[j], sb[j], su[j], sw[j], c)
+                    _store(at(ss, j), d_a, d_b, d_u, d_w, ta, tb, tu, tw, j, want_a, want_b, want_u, want_w)
+
+
+@_inline
+def _store(f, d_a, d_b, d_u, d_w, ta, tb, tu, tw, j, want_a, want_b, want_u, want_w):
+    if want_a:
+        ta[j] = f * d_a
+    if want_b:
+        tb[j] = f * d_b
+    if want_u:
+        tu[j] = f * d_u
+    if want_w:
+        tw[j] = f * d_w
 
 
 # --- host side ------------------------------------------------------------------------------
