@@ -214,8 +214,12 @@ def resolve(backend, arrays):
 
 
 def public_function(op):
-    """The public function of ``op``: ``fastgauss.<family>.<op>``, or None for a Generator method."""
-    return getattr(importlib.import_module(f"fastgauss.{OPS[op].family}"), op, None)
+    """The public function of ``op``: ``fastgauss.<family>.<op>`` (for a backward "<name>_vjp",
+    the family's ``_vjp_<name>``, the VJP contract's entry point), or None for a Generator method."""
+    module = importlib.import_module(f"fastgauss.{OPS[op].family}")
+    if op.endswith("_vjp"):
+        return getattr(module, "_vjp_" + op[: -len("_vjp")], None)
+    return getattr(module, op, None)
 
 
 def implementation(op, backend):
