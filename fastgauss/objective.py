@@ -441,6 +441,8 @@ def nll_bpd(model, x0, schedule, *, rng, batch_timesteps=1, prediction="epsilon"
                 raise ValueError("batch_timesteps > 1 needs host (NumPy) x0")
             stacked = x0 if len(group) == 1 else np.concatenate([np.asarray(x0)] * len(group))
             t = np.repeat(np.asarray(group, np.int64), batch)
+            if _checks.is_device_array(x0):  # timesteps live with the data
+                t = _checks.from_host_like(x0, t)
             xt = q_sample(stacked, t, schedule, rng=rng, backend=backend)
             output = model(xt, t)
             mean, var_output = output if isinstance(output, tuple) else (output, None)

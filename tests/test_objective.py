@@ -421,3 +421,14 @@ def test_nll_bpd_sums_the_terms_and_keeps_partial_results():
     assert not partial.complete and partial.timesteps.tolist() == [3]
     np.testing.assert_allclose(partial.bpd, partial.prior + result.terms[:, 3], rtol=1e-12)
     assert np.isnan(partial.terms[:, :3]).all()
+
+
+@pytest.mark.skipif(not CUDA_USABLE, reason="cuda backend not usable")
+def test_nll_bpd_on_device_arrays():
+    """CUDA x0: the timesteps go to the device with the data, and the bound is the host one's."""
+    s = fastgauss.NoiseSchedule.linear(3, beta_start=0.05, beta_end=0.5)
+    x0 = data((2, 1, 2))[0]
+    host = fastgauss.nll_bpd(lambda xt, t: 0.3 * xt, x0, s, rng=1, var_kind="fixed_large", progress=False, backend="numpy")
+    device = fastgauss.nll_bpd(lambda xt, t: to_backend(0.3 * to_numpy(xt), "cuda"), to_backend(x0, "cuda"), s, rng=1,
+                               var_kind="fixed_large", progress=False)
+    np.testing.assert_allclose(device.bpd, host.bpd, rtol=1e-12)
