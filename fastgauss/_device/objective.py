@@ -32,7 +32,7 @@ from fastgauss._device.diffusion import clamp, term
 from fastgauss._device.kl import discretized_gaussian_log_likelihood, exp, exp_excess, normal_kl, sigmoid
 
 # Op codes of the kernels: which term an (a, b, u, w) operand set is.
-LOGVAR, VLB, LOSS = 0, 1, 3
+LOGVAR, VLB, LOSS = 0, 1, 2
 HYBRID = VLB  # the bound's loop with the squared error switched on (see ``bound``)
 PRIOR = VLB  # the KL rows with c1 = sa, c2 = 0 and a model mean and log variance of 0
 # Operands per op:  LOGVAR (v, -, -, -)   VLB (x0, x_t, m, v)   HYBRID (x0, noise, m, v)
