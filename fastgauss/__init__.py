@@ -32,6 +32,7 @@ from fastgauss.mvn import (
     mvn_marginal,
     mvn_sample,
 )
+from fastgauss.objective import diffusion_loss, hybrid_loss, model_log_variance, nll_bpd, prior_bpd, vlb_terms
 from fastgauss.random import Generator, default_rng
 from fastgauss.schedules import NoiseSchedule
 from fastgauss.vjp import vjp
@@ -68,6 +69,12 @@ __all__ = [
     "gaussian_product",
     "kalman_update",
     "normal_product",
+    "model_log_variance",
+    "vlb_terms",
+    "prior_bpd",
+    "diffusion_loss",
+    "hybrid_loss",
+    "nll_bpd",
     "set_backend",
     "use_backend",
     "vjp",

@@ -65,6 +65,30 @@ OPS = {
     "normal_kl": Op("kl", "mean1, logvar1, mean2, logvar2, *, shape, reduce, out"),
     "normal_logpdf": Op("kl", "x, mean, logvar, *, shape, reduce, out"),
     "discretized_gaussian_log_likelihood": Op("kl", "x, means, log_scales, *, bins, shape, reduce, out"),
+    "model_log_variance": Op("objective", "var_output, t, schedule, out, *, kind"),
+    "vlb_terms": Op("objective", "x0, xt, t, model_output, schedule, var_output, out, *, prediction, var_kind, clip, reduce"),
+    "prior_bpd": Op("objective", "x0, schedule, out"),
+    "diffusion_loss": Op("objective", "model_output, x0, noise, t, schedule, out, *, prediction, weighting, gamma, reduce"),
+    "hybrid_loss": Op(
+        "objective",
+        "model_output, var_output, x0, noise, t, schedule, out, *, prediction, var_kind, weighting, gamma, vb_scale, reduce",
+    ),
+    # Backward passes (the VJP contract): "<op>_vjp" takes the cotangent, the forward's arguments
+    # and one gradient array per differentiable argument (None: not wanted, not computed).
+    "vlb_terms_vjp": Op(
+        "objective",
+        "cotangent, x0, xt, t, model_output, schedule, var_output, *, prediction, var_kind, clip, reduce, "
+        "x0_grad, xt_grad, model_output_grad, var_output_grad",
+    ),
+    "diffusion_loss_vjp": Op(
+        "objective",
+        "cotangent, model_output, x0, noise, t, schedule, *, prediction, weighting, gamma, reduce, model_output_grad, x0_grad",
+    ),
+    "hybrid_loss_vjp": Op(
+        "objective",
+        "cotangent, model_output, var_output, x0, noise, t, schedule, *, prediction, var_kind, weighting, gamma, vb_scale, "
+        "reduce, model_output_grad, var_output_grad",
+    ),
     "cholesky": Op("mvn", "a, upper, out"),
     "mvn_sample": Op("mvn", "mean, cov, scale_tril, batch, noise, out, *, fresh, stream, tol"),
     "mvn_logpdf": Op("mvn", "x, mean, cov, scale_tril, batch, out"),

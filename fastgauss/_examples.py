@@ -32,6 +32,7 @@ from fastgauss.mvn import (
     mvn_marginal,
     mvn_sample,
 )
+from fastgauss import objective
 from fastgauss.random import default_rng, philox4x32_10
 from fastgauss.schedules import NoiseSchedule
 from fastgauss.vjp import differentiable, vjp
@@ -382,6 +383,59 @@ def _normal_product(shape, dtype, rng):
     ]
 
 
+def _objective_inputs(shape, dtype, rng):
+    """Image data in [-1, 1] (8-bit levels), its noise, x_t, a model output near the noise, a
+    variance output in [-1, 1], timesteps over the schedule with t = 0 included."""
+    schedule = NoiseSchedule.linear(1000)
+    x0 = (np.round(rng.uniform(-1, 1, shape) * 127.5) / 127.5).astype(dtype)
+    noise = rng.standard_normal(shape, dtype=dtype)
+    t = rng.integers(0, 1000, size=shape[0])
+    t[0] = 0
+    xt = q_sample(x0, t, schedule, noise, backend="numpy")
+    eps = (noise + 0.1 * rng.standard_normal(shape)).astype(dtype)
+    v = rng.uniform(-1, 1, shape).astype(dtype)
+    return schedule, x0, noise, t, xt, eps, v
+
+
+def _vjp_gradients(vjp, **kwargs):
+    """A VJP as a call returning its gradients as a tuple (what the self-check compares)."""
+
+    def call(*args, backend=None):
+        return tuple(vjp(*args, backend=backend, **kwargs).values())
+
+    return call
+
+
+def _objective(op):
+    def examples(shape, dtype, rng):
+        schedule, x0, noise, t, xt, eps, v = _objective_inputs(shape, dtype, rng)
+        ones = np.ones(shape[0], dtype)
+        calls = {
+            "model_log_variance": [Call("learned_range", objective.model_log_variance, (v, t, schedule), {"kind": "learned_range"})],
+            "vlb_terms": [
+                Call("epsilon, learned_range", objective.vlb_terms, (x0, xt, t, eps, schedule), {"var_output": v}, benchmark=True),
+                Call("v, fixed_large, clip", objective.vlb_terms, (x0, xt, t, eps, schedule),
+                     {"prediction": "v", "var_kind": "fixed_large", "clip": 1.0}),
+            ],
+            "prior_bpd": [Call("per sample", objective.prior_bpd, (x0, schedule), {})],
+            "diffusion_loss": [
+                Call("epsilon, min_snr", objective.diffusion_loss, (eps, x0, noise, t, schedule), {"weighting": "min_snr"},
+                     benchmark=True),
+                Call("v, elementwise", objective.diffusion_loss, (eps, x0, noise, t, schedule), {"prediction": "v", "reduce": None}),
+            ],
+            "hybrid_loss": [Call("epsilon, learned_range", objective.hybrid_loss, (eps, v, x0, noise, t, schedule), {}, benchmark=True)],
+            "vlb_terms_vjp": [Call("all four gradients", _vjp_gradients(objective._vjp_vlb_terms, var_output=v),
+                                   (ones, x0, xt, t, eps, schedule), {})],
+            "diffusion_loss_vjp": [Call("model_output and x0, v", _vjp_gradients(objective._vjp_diffusion_loss, prediction="v"),
+                                        (ones, eps, x0, noise, t, schedule), {})],
+            "hybrid_loss_vjp": [Call("model_output and var_output", _vjp_gradients(objective._vjp_hybrid_loss),
+                                     (ones, eps, v, x0, noise, t, schedule), {})],
+        }
+        return calls[op]
+
+    return examples
+
+
 EXAMPLES = {
     "q_sample": _q_sample,
     "q_posterior": _linear("q_posterior", "u_w_t", False),
@@ -414,6 +468,8 @@ EXAMPLES = {
     "gaussian_product": _gaussian_product,
     "kalman_update": _kalman_update,
     "normal_product": _normal_product,
+    **{op: _objective(op) for op in ("model_log_variance", "vlb_terms", "prior_bpd", "diffusion_loss", "hybrid_loss",
+                                     "vlb_terms_vjp", "diffusion_loss_vjp", "hybrid_loss_vjp")},
 }
 
 

@@ -224,6 +224,7 @@ def discretized_gaussian_log_likelihood(x, means, log_scales, *, reduce=None, bi
 # --- Gaussian algebra ---
 
 
+@adapts
 def normal_product(mean1, logvar1, mean2, logvar2, *, out=None, backend=None):
     r"""The product of two diagonal Gaussian densities, elementwise, in one pass:
 

@@ -609,6 +609,7 @@ def _wanted_only(grads):
 # kernel (Sigma_22, cov1 + cov2, H cov H^T + R), never an explicit inverse.
 
 
+@adapts
 def mvn_affine(mean, cov, A, b=None, *, backend=None):
     r"""The distribution of :math:`y = A x + b` for :math:`x \sim N(\mu, \Sigma)`, batched:
 
@@ -663,6 +664,7 @@ def mvn_affine(mean, cov, A, b=None, *, backend=None):
     return mean_out, cov_out
 
 
+@adapts
 def mvn_marginal(mean, cov, index, *, backend=None):
     r"""The marginal of :math:`N(\mu, \Sigma)` over the coordinates ``index``, batched:
     :math:`N(\mu_I, \Sigma_{II})`, the block of the listed rows and columns.
@@ -704,6 +706,7 @@ def mvn_marginal(mean, cov, index, *, backend=None):
     return mean_out, cov_out
 
 
+@adapts
 def mvn_condition(mean, cov, index, value, *, backend=None):
     r"""The conditional distribution of the other coordinates given ``x[index] = value``, batched.
 
@@ -771,6 +774,7 @@ def mvn_condition(mean, cov, index, value, *, backend=None):
     return mean_out, cov_out
 
 
+@adapts
 def gaussian_product(mean1, cov1, mean2, cov2, *, backend=None):
     r"""The product of two Gaussian densities, batched: the normalized Gaussian and the log
     of the constant,
@@ -830,6 +834,7 @@ def gaussian_product(mean1, cov1, mean2, cov2, *, backend=None):
     return mean_out, cov_out, log_scale
 
 
+@adapts
 def kalman_update(mean, cov, H, R, y, *, backend=None):
     r"""The Kalman measurement update of many tracks at once, in Joseph form.
 

@@ -7,10 +7,10 @@ backward kernel ("<name>_vjp" in the registry: a NumPy reference, a Numba CPU ke
 CUDA kernel, chosen like every op's backend).
 """
 
-from fastgauss import diffusion, kl, mvn
+from fastgauss import diffusion, kl, mvn, objective
 from fastgauss._dispatch import OPS, adapts
 
-_FAMILIES = {"diffusion": diffusion, "kl": kl, "mvn": mvn}
+_FAMILIES = {"diffusion": diffusion, "kl": kl, "mvn": mvn, "objective": objective}
 
 
 def _lookup(op):

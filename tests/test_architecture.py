@@ -25,6 +25,7 @@ PUBLIC = {
     "fastgauss.diffusion",
     "fastgauss.kl",
     "fastgauss.mvn",
+    "fastgauss.objective",
     "fastgauss.random",
     "fastgauss.schedules",
     "fastgauss.reference",

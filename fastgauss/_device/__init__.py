@@ -8,7 +8,7 @@ evaluate the same expression in the same order.
 import types
 
 
-def compile_for(jit, module, overrides=None):
+def compile_for(jit, module, overrides=None, linked=()):
     """Compile every function defined in ``module`` with ``jit``, for one target.
 
     The compiled functions see each other (not the plain Python originals) when
@@ -17,6 +17,10 @@ def compile_for(jit, module, overrides=None):
     ``overrides`` maps names of ``module``'s functions to a target's own version of
     them (the same values, computed another way, e.g. fastgauss.cpu.kl's bit casts),
     used as given: every compiled function that calls the name calls the override.
+    ``linked``: namespaces returned by earlier ``compile_for`` calls of the same target for the
+    ``_device`` modules that ``module`` imports functions from; each imported function is
+    replaced by that target's compiled version of it (overrides included), so a module
+    builds on another's math without compiling it twice.
     Returns a namespace with the module's constants and the compiled functions.
     """
     overrides = dict(overrides or {})
@@ -24,6 +28,10 @@ def compile_for(jit, module, overrides=None):
     if unknown:
         raise ValueError(f"overrides name no function of {module.__name__}: {unknown}")
     namespace = dict(vars(module), **overrides)
+    for compiled in linked:
+        for name, value in vars(module).items():
+            if isinstance(value, types.FunctionType) and value.__module__ != module.__name__ and hasattr(compiled, name):
+                namespace[name] = getattr(compiled, name)
     for name, value in vars(module).items():
         if name in overrides:
             continue

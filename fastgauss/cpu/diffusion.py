@@ -81,6 +81,7 @@ def _step_vjp_flat(g, g0, with_g0, xt, model, coefficients, limit, width, zero, 
     ax, am, k0, kx, km, ks = coefficients
     n = g.size
     for chunk in numba.prange((n + CHUNK - 1) // CHUNK):
+        prefer_wide_vectors()
         start = chunk * CHUNK
         stop = min(start + CHUNK, n)
         segment = start

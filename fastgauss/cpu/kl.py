@@ -399,6 +399,7 @@ _normal_product = _d.normal_product
 @numba.njit(parallel=True, **KERNEL)
 def _product_rows(a, b, v, w, c, means, logvars, log_scales, rows, width, chunks_per_row, rows_per_item):
     for item in numba.prange(-(-rows // rows_per_item) * chunks_per_row):
+        prefer_wide_vectors()
         first, last, chunk, start, stop = _item(item, rows, width, chunks_per_row, rows_per_item)
         for r in range(first, last):
             sa = segment(a, r, start, stop)
@@ -470,6 +471,7 @@ def _rows_vjp(op, a, b, v, w, extra, c, g, scale, modes, dest_a, dest_b, dest_v,
     1-D per-row operand, times ``scale``) of the four operands, settled by ``modes``; the ROW_SUM
     partials of operand k are partials[k, r * chunks_per_row + chunk]."""
     for item in numba.prange(-(-rows // rows_per_item) * chunks_per_row):
+        prefer_wide_vectors()
         first, last, chunk, start, stop = _item(item, rows, width, chunks_per_row, rows_per_item)
         n = stop - start
         buffers = np.empty((4, n))

@@ -79,7 +79,12 @@ def call(op, args, kwargs):
         return _kl(op, params)
     if name == "philox4x32_10":
         return _philox(op, params)
-    return _mvn(op, params)
+    if name in MVN:
+        return _mvn(op, params)
+    raise TypeError(
+        f"fastgauss.{name} does not take Dask arrays yet; compute them first (x.compute()) or call it on "
+        "each block (dask.array.map_blocks)"
+    )
 
 
 # --- blocks ---------------------------------------------------------------------------------
