@@ -478,7 +478,7 @@ def test_vae_training_matches_pure_torch():
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        return float(loss)
+        return loss.item()
 
     ours, theirs = train(True), train(False)
     assert abs(ours - theirs) <= 0.01 * abs(theirs), (ours, theirs)
