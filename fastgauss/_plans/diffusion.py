@@ -117,6 +117,14 @@ def linear_step(op, schedule, t):
     return zero, zero, zero, a, b, zero
 
 
+def q_sample_vjp_step(schedule, t, noise_cotangent):
+    """The step coefficients (ax, am, k0, kx, km, ks) of q_sample's backward: the cotangent of the
+    returned noise (the noise itself), when there is one, enters as the step's x0 cotangent with
+    am = 1 (x0 = m = noise, k0 = 0), so grad_noise = b g + noise_cotangent."""
+    ax, am, k0, kx, km, ks = linear_step("q_sample", schedule, t)
+    return ax, (am + 1.0 if noise_cotangent is not None else am), k0, kx, km, ks
+
+
 class LinearPlan(NamedTuple):
     """One launch of the linear kernel: data seen as (rows, width), one (a, b) per row."""
 

@@ -188,11 +188,8 @@ def ddim_step(model_output, xt, t, t_prev, schedule, out, *, x0_out, noise, stre
 
 
 def q_sample_vjp(cotangent, noise_cotangent, t, schedule, grad_x0, grad_noise):
-    # the noise cotangent (of the returned noise, the noise itself) enters as the step's x0
-    # cotangent with am = 1 (x0 = m = noise, k0 = 0): grad_noise = b g + noise_cotangent
-    ax, am, k0, kx, km, ks = plan.linear_step("q_sample", schedule, t)
-    am = am + 1.0 if noise_cotangent is not None else am
-    _step_vjp(cotangent, noise_cotangent, None, None, t, (ax, am, k0, kx, km, ks), None, grad_x0, grad_noise, None)
+    coefficients = plan.q_sample_vjp_step(schedule, t, noise_cotangent)
+    _step_vjp(cotangent, noise_cotangent, None, None, t, coefficients, None, grad_x0, grad_noise, None)
 
 
 def q_posterior_vjp(cotangent, t, schedule, grad_x0, grad_xt):
