@@ -341,6 +341,16 @@ def _plan(rows, width):
     return chunks_per_row, rows_per_item
 
 
+def nothing_to_compute(out, rows, width, reduce):
+    """True when the shape leaves nothing to compute (no rows, or rows of width 0), with ``out``
+    then complete: a reduction over no elements is 0 ("sum") or NaN ("mean"), as in NumPy."""
+    if rows and width:
+        return False
+    if rows and reduce is not None:
+        out[...] = 0.0 if reduce == "sum" else np.nan
+    return True
+
+
 def _run(op, arrays, extra, shape, reduce, out):
     """Normalize the operands, run op's kernel once, reduce or write into ``out``. An op with
     three operands passes a zero for the fourth, and ``extra`` is a zero where it has none:
@@ -348,12 +358,7 @@ def _run(op, arrays, extra, shape, reduce, out):
     dtype = out.dtype
     rows = shape[0] if len(shape) else 1
     width = _checks.size(shape[1:])
-    if rows == 0:
-        return
-    if reduce is not None and width == 0:
-        out[...] = 0.0 if reduce == "sum" else np.nan
-        return
-    if width == 0:
+    if nothing_to_compute(out, rows, width, reduce):
         return
     if reduce is None:
         operands, rows, width = _elementwise_operands(arrays, shape, rows, width, dtype)

@@ -136,12 +136,7 @@ def _run(op, arrays, table, shape, reduce, out):
     """Run ``_forward`` once on the operands and write (or reduce into) ``out``."""
     dtype = out.dtype
     rows, width = _geometry(shape)
-    if rows == 0:
-        return
-    if reduce is not None and width == 0:
-        out[...] = 0.0 if reduce == "sum" else np.nan
-        return
-    if width == 0:
+    if _cpu_kl.nothing_to_compute(out, rows, width, reduce):
         return
     operands = _operands(arrays, rows, width, dtype)
     c = _kl.constants(dtype)

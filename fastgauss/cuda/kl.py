@@ -164,19 +164,25 @@ def _elementwise_operands(names, arrays, shape, rows, width, dtype):
     return [operand(n, a, shape, rows, width, dtype) for n, a in zip(names, arrays)], rows, width
 
 
+def nothing_to_compute(out, rows, width, reduce):
+    """True when the shape leaves nothing to compute (no rows, or rows of width 0), with ``out``
+    then complete: a reduction over no elements is 0 ("sum") or NaN ("mean"), as in NumPy."""
+    if rows and width:
+        return False
+    if rows and reduce is not None:
+        dtype = _checks.shape_dtype(out)[1]
+        as_flat("out", _numba_view(out)).copy_to_device(np.full(rows, 0.0 if reduce == "sum" else math.nan, dtype))
+    return True
+
+
 def _run(op, names, arrays, extra, shape, reduce, out, threads=THREADS):
     """``threads`` (at most THREADS): the block size of the main kernel (tests use others)."""
     dtype = _checks.shape_dtype(out)[1]
     rows = shape[0] if len(shape) else 1
     width = _checks.size(shape[1:])
-    if rows == 0:
+    if nothing_to_compute(out, rows, width, reduce):
         return
     out_view = _numba_view(out)
-    if reduce is not None and width == 0:
-        as_flat("out", out_view).copy_to_device(np.full(rows, 0.0 if reduce == "sum" else math.nan, dtype))
-        return
-    if width == 0:
-        return
     if reduce is None:
         operands, rows, width = _elementwise_operands(names, arrays, shape, rows, width, dtype)
     else:

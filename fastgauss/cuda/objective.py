@@ -11,7 +11,6 @@ each row's block partials in block order, so results are identical run to run.
 dtype differs); the op is a runtime argument, so each kernel compiles once per dtype.
 """
 
-import math
 
 import numpy as np
 from numba import cuda, float64
@@ -20,7 +19,7 @@ from fastgauss import _checks, _device
 from fastgauss._device import kl as _kl
 from fastgauss._device import objective as _objective
 from fastgauss._plans import objective as plan
-from fastgauss.cuda import THREADS, _numba_view, as_flat, grid
+from fastgauss.cuda import THREADS, _numba_view, as_flat, grid, launch_stream
 from fastgauss.cuda import diffusion as _cuda_diffusion
 from fastgauss.cuda import kl as _cuda_kl
 
@@ -89,23 +88,18 @@ def _operands(names, arrays, shape, dtype):
 def _run(op, names, arrays, table, shape, reduce, out):
     dtype = _checks.shape_dtype(out)[1]
     rows, width = _geometry(shape)
-    if rows == 0:
+    if _cuda_kl.nothing_to_compute(out, rows, width, reduce):
         return
     out_view = _numba_view(out)
-    if reduce is not None and width == 0:
-        as_flat("out", out_view).copy_to_device(np.full(rows, 0.0 if reduce == "sum" else math.nan, dtype))
-        return
-    if width == 0:
-        return
     operands = _operands(names, arrays, shape, dtype)
     table, c = cuda.to_device(table), _kl.constants(dtype)
     blocks, threads = grid(rows, width)
     if reduce is None:
-        _rows[blocks, threads](op, *operands, table, c, as_flat("out", out_view).reshape(rows, width))
+        _rows[blocks, threads, launch_stream()](op, *operands, table, c, as_flat("out", out_view).reshape(rows, width))
         return
     partials = cuda.device_array((rows, blocks[0]), np.float64)
-    _partials[blocks, threads](op, *operands, table, c, width, partials)
-    _cuda_kl._combine[max(1, min(-(-rows // THREADS), 4096)), THREADS](partials, width, reduce == "mean", as_flat("out", out_view))
+    _partials[blocks, threads, launch_stream()](op, *operands, table, c, width, partials)
+    _cuda_kl._combine[max(1, min(-(-rows // THREADS), 4096)), THREADS, launch_stream()](partials, width, reduce == "mean", as_flat("out", out_view))
 
 
 def _run_vjp(op, cotangent, names, arrays, table, shape, reduce, grads):
@@ -122,7 +116,7 @@ def _run_vjp(op, cotangent, names, arrays, table, shape, reduce, grads):
     unused = cuda.device_array((1, 1), dtype)
     targets = [unused if g is None else as_flat("gradient", _numba_view(g)).reshape(rows, width) for g in grads]
     blocks, threads = grid(rows, width)
-    _backward[blocks, threads](op, *operands, cuda.to_device(table), _kl.constants(dtype), scale, factor, *targets,
+    _backward[blocks, threads, launch_stream()](op, *operands, cuda.to_device(table), _kl.constants(dtype), scale, factor, *targets,
                                *(g is not None for g in grads))
 
 
