@@ -19,6 +19,7 @@ import fastgauss
 from conftest import assert_same_digest_for_thread_counts, CUDA_USABLE, SIMULATOR, to_backend, to_numpy
 from fastgauss import _device
 from fastgauss._device import kl as _kl
+from fastgauss.cpu.kl import _fma as cpu_fma
 
 # The CUDA simulator evaluates the device functions with NumPy scalars, which warn where the
 # GPU (and the CPU kernels) silently produce inf and nan, as the tests ask them to.
@@ -695,7 +696,8 @@ def test_broadcast_helpers():
 
 # --- the vectorizable exp and log, portable (selects) and CPU (bit casts) ----------------------------
 
-PORTABLE = _device.compile_for(numba.njit(error_model="numpy"), _kl)  # what the GPU runs, compiled for the CPU
+# What the GPU runs (with its one-rounding fma, as on a GPU), compiled for the CPU.
+PORTABLE = _device.compile_for(numba.njit(error_model="numpy"), _kl, overrides={"fma": cpu_fma})
 
 
 def _cpu_functions():

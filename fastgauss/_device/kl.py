@@ -174,36 +174,43 @@ def pow2(h, c):
     return p
 
 
+def fma(a, b, addend):
+    """a * b + addend. The CPU backend computes it with one rounding (llvm.fma: the FMA
+    instruction, or libm's fma where the ISA has none), so its bits are the same on every
+    ISA level; the Horner steps below are written with it."""
+    return a * b + addend
+
+
 def taylor(r, c):
     """(e^r - 1 - r) / r^2 = 1/2 + r/6 + r^2/24 + ..., by Horner to the dtype's degree.
 
     The zero coefficients past float32's degree leave the value unchanged; the CPU
     backend replaces this by the Horner form of the dtype's own degree (same values)."""
-    q = c.e13 * r + c.e12
-    q = q * r + c.e11
-    q = q * r + c.e10
-    q = q * r + c.e9
-    q = q * r + c.e8
-    q = q * r + c.e7
-    q = q * r + c.e6
-    q = q * r + c.e5
-    q = q * r + c.e4
-    q = q * r + c.e3
-    return q * r + c.half
+    q = fma(c.e13, r, c.e12)
+    q = fma(q, r, c.e11)
+    q = fma(q, r, c.e10)
+    q = fma(q, r, c.e9)
+    q = fma(q, r, c.e8)
+    q = fma(q, r, c.e7)
+    q = fma(q, r, c.e6)
+    q = fma(q, r, c.e5)
+    q = fma(q, r, c.e4)
+    q = fma(q, r, c.e3)
+    return fma(q, r, c.half)
 
 
 def atanh_series(z, c):
     """1 + z/3 + z^2/5 + ... (z = s^2), by Horner to the dtype's length (as ``taylor``)."""
-    q = c.s21 * z + c.s19
-    q = q * z + c.s17
-    q = q * z + c.s15
-    q = q * z + c.s13
-    q = q * z + c.s11
-    q = q * z + c.s9
-    q = q * z + c.s7
-    q = q * z + c.s5
-    q = q * z + c.s3
-    return q * z + c.one
+    q = fma(c.s21, z, c.s19)
+    q = fma(q, z, c.s17)
+    q = fma(q, z, c.s15)
+    q = fma(q, z, c.s13)
+    q = fma(q, z, c.s11)
+    q = fma(q, z, c.s9)
+    q = fma(q, z, c.s7)
+    q = fma(q, z, c.s5)
+    q = fma(q, z, c.s3)
+    return fma(q, z, c.one)
 
 
 def exp_parts(x, c):
@@ -214,7 +221,7 @@ def exp_parts(x, c):
     y = x * c.log2e
     n = (y + c.round_magic) - c.round_magic
     n = n if n == n else c.zero
-    r = (x - n * c.ln2_hi) - n * c.ln2_lo
+    r = fma(-n, c.ln2_lo, x - n * c.ln2_hi)  # n ln2_hi is exact
     q = taylor(r, c)
     return n, r, r * r * q
 
@@ -266,7 +273,7 @@ def log_unit(x, c):
     m, e = split_unit(x, c)
     s = (m - c.one) / (m + c.one)
     series = atanh_series(s * s, c)
-    return e * c.ln2_hi + (e * c.ln2_lo + c.two * s * series)
+    return fma(e, c.ln2_hi, fma(e, c.ln2_lo, c.two * s * series))
 
 
 # --- the per-element formulas ---------------------------------------------------------------
@@ -354,7 +361,7 @@ def normal_product(mean1, logvar1, mean2, logvar2, c):
     s = c.one / (c.one + e)
     log1pe = -log_unit(s, c)
     diff = mean1 - mean2
-    mean = s * (near + e * far)
+    mean = s * fma(e, far, near)
     logvar = lo - log1pe
     log_scale = -c.half * (c.log_2pi + hi + log1pe + diff * diff * exp(-hi, c) * s)
     return mean, logvar, log_scale

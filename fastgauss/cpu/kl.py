@@ -29,8 +29,11 @@ added in chunk order. The summation order is a function of the shape alone: resu
 are bitwise identical for any number of threads and on any x86-64 ISA level.
 """
 
+import types as pytypes
+
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, overload
 
@@ -120,6 +123,36 @@ def _split_unit_impl(x, c):
     return impl
 
 
+# --- fused multiply-add -----------------------------------------------------------------
+# Numba never contracts a * b + c (its floats carry no "contract" flag): llvm.fma is asked
+# for explicitly. One rounding, so the same bits on every ISA (AVX-512 and AVX2 have the
+# instruction; a build without it calls libm's fma). Measured: normal_product float32 on one
+# core 2.04 -> 1.21 ns an element.
+
+
+@_replaces("fma")
+def _fma(a, b, addend):
+    """a * b + addend with one rounding (fastgauss._device.kl.fma)."""
+
+
+@intrinsic
+def _llvm_fma(typingctx, a, b, addend):
+    if not (a == b == addend and a in (types.float32, types.float64)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        value = args[0].type
+        fma = builder.module.declare_intrinsic("llvm.fma", [value], ir.FunctionType(value, [value] * 3))
+        return builder.call(fma, args)
+
+    return a(a, b, addend), codegen
+
+
+@overload(_fma, inline="always", jit_options=KERNEL)
+def _fma_impl(a, b, addend):
+    return lambda a, b, addend: _llvm_fma(a, b, addend)
+
+
 # --- polynomials of the dtype's own degree ----------------------------------------------
 # The portable Horner forms run through float64's degree, with zero coefficients past
 # float32's; here float32 starts at its own degree (the same values, a third fewer
@@ -141,11 +174,11 @@ def _taylor_impl(r, c):
     if r == types.float32:
 
         def short(r, c):
-            q = c.e7 * r + c.e6
-            q = q * r + c.e5
-            q = q * r + c.e4
-            q = q * r + c.e3
-            return q * r + c.half
+            q = _fma(c.e7, r, c.e6)
+            q = _fma(q, r, c.e5)
+            q = _fma(q, r, c.e4)
+            q = _fma(q, r, c.e3)
+            return _fma(q, r, c.half)
 
         return short
     return lambda r, c: _kl_taylor(r, c)
@@ -156,17 +189,23 @@ def _atanh_series_impl(z, c):
     if z == types.float32:
 
         def short(z, c):
-            q = c.s9 * z + c.s7
-            q = q * z + c.s5
-            q = q * z + c.s3
-            return q * z + c.one
+            q = _fma(c.s9, z, c.s7)
+            q = _fma(q, z, c.s5)
+            q = _fma(q, z, c.s3)
+            return _fma(q, z, c.one)
 
         return short
     return lambda z, c: _kl_atanh_series(z, c)
 
 
-_kl_taylor = numba.njit(error_model="numpy", forceinline=True)(_kl.taylor)
-_kl_atanh_series = numba.njit(error_model="numpy", forceinline=True)(_kl.atanh_series)
+def _float64_form(function):
+    """The portable Horner form of fastgauss._device.kl, calling this target's fma."""
+    clone = pytypes.FunctionType(function.__code__, dict(vars(_kl), fma=_fma), function.__name__)
+    return numba.njit(error_model="numpy", forceinline=True)(clone)
+
+
+_kl_taylor = _float64_form(_kl.taylor)
+_kl_atanh_series = _float64_form(_kl.atanh_series)
 
 
 _d = _device.compile_for(numba.njit(error_model="numpy", forceinline=True), _kl, overrides=CPU_VERSIONS)

@@ -18,12 +18,28 @@ import math
 
 import numpy as np
 from numba import cuda, float64
+from numba.core import config
 
 from fastgauss import _checks, _device
 from fastgauss._device import kl as _kl
 from fastgauss.cuda import THREADS, _numba_view, as_flat, grid, launch_stream
 
-_d = _device.compile_for(cuda.jit(device=True), _kl)
+
+
+def _overrides():
+    """On a GPU, fastgauss._device.kl.fma is the FMA instruction (one rounding, like the CPU's
+    llvm.fma); the simulator has no cuda.fma and runs the portable a * b + addend."""
+    if config.ENABLE_CUDASIM:
+        return {}
+
+    @cuda.jit(device=True)
+    def fused_multiply_add(a, b, addend):
+        return cuda.fma(a, b, addend)
+
+    return {"fma": fused_multiply_add}
+
+
+_d = _device.compile_for(cuda.jit(device=True), _kl, overrides=_overrides())
 _normal_kl = _d.normal_kl
 _normal_logpdf = _d.normal_logpdf
 _discretized = _d.discretized_gaussian_log_likelihood
