@@ -61,6 +61,28 @@ def test_noise_cotangents_and_the_clamp():
 
 
 @pytest.mark.skipif(not CUDA_USABLE, reason="cuda backend not usable")
+@pytest.mark.parametrize("form", ["scalar", "per sample"])
+def test_broadcast_cotangents(form):
+    """A cotangent that is a broadcast view (stride 0: what torch passes for .sum() or .mean()) is read
+    without a full-size copy by the cpu kernels and gives the gradients of its materialized copy."""
+    t = np.array([1, 20, 39])
+    value = 0.7 if form == "scalar" else data(4, (3, 1, 1))
+    g = np.broadcast_to(value, SHAPE)
+    x, noise = data(0), data(1)
+    calls = [
+        ("q_sample", (x, t, SCHEDULE, noise), {}),
+        ("predict_x0", (x, t, noise, SCHEDULE), {}),
+        ("ddpm_step", (x, noise, t, SCHEDULE), {"prediction": "sample", "clip": 0.5, "noise": x}),
+        ("normal_kl", (x, noise, 0.5, data(2)), {}),
+    ]
+    for op, args, kwargs in calls:
+        got = fastgauss.vjp(op, g, *args, backend="cpu", **kwargs)
+        want = fastgauss.vjp(op, np.ascontiguousarray(g), *args, backend="numpy", **kwargs)
+        assert set(got) == set(want), op
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-12, atol=1e-14, err_msg=f"{op} {name}")
+
+
 def test_cuda_backward_kernels_match_the_reference():
     """Every CUDA backward kernel (the step/linear kernel, the KL kernel in every gradient plan and the
     broadcast sums) against the reference VJPs: float64 within 1e-12 relative to each gradient's

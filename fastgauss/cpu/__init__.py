@@ -79,6 +79,23 @@ def parallel_copy(src, dst):
         dst[i] = src[i]
 
 
+def static(flag):
+    """A bool as a type, for a kernel argument whose value should be known at compile time:
+    () for False, (True,) for True. Numba compiles one specialization per value, and a branch
+    on ``len(flag)`` in it is a constant that LLVM removes (a runtime bool in a loop keeps a
+    branch that can stop the loop from vectorizing)."""
+    return (True,) if flag else ()
+
+
+def unbroadcast(a):
+    """``a`` with every axis of stride 0 (the same values at each index: a broadcast, e.g. the
+    cotangent torch passes for ``.sum()``) cut to length 1: a view that broadcasts back to
+    ``a``'s shape, so a kernel reads the values once instead of a materialized copy."""
+    if not isinstance(a, np.ndarray) or all(a.strides):
+        return a
+    return a[tuple(slice(0, 1) if stride == 0 else slice(None) for stride in a.strides)]
+
+
 def as_rows(a, rows):
     """A (rows, width) view of ``a`` (a copy only if its axes cannot be merged)."""
     return a.reshape(rows, -1)

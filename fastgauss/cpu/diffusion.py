@@ -13,7 +13,7 @@ from fastgauss._device import compile_for
 from fastgauss._device import diffusion as _diffusion
 from fastgauss._plans import diffusion as plan
 from fastgauss._plans.diffusion import GENERATED_NOISE, GIVEN_NOISE
-from fastgauss.cpu import CHUNK, as_rows, launch, prefer_wide_vectors, rows_to_write
+from fastgauss.cpu import CHUNK, as_rows, launch, prefer_wide_vectors, rows_to_write, static, unbroadcast
 from fastgauss.cpu.random import normal_part
 
 _d = compile_for(numba.njit(error_model="numpy", forceinline=True), _diffusion)
@@ -73,13 +73,15 @@ def _step_flat(xt, model, noise, noise_mode, coefficients, limit, width, out, x0
 
 
 @numba.njit(parallel=True, **KERNEL)
-def _step_vjp_flat(g, g0, with_g0, xt, model, coefficients, limit, width, zero, grad_xt, want_xt, grad_m, want_m, grad_z, want_z):
+def _step_vjp_flat(n, g, g_constant, g0, with_g0, xt, model, clamped, coefficients, limit, width, zero, grad_xt, want_xt,
+                   grad_m, want_m, grad_z, want_z):
     """The backward of the step formula (and of every linear op, as the step with kx = a, km = b)
-    on flat C-order data, one pass: reads the cotangents g (and g0 of x0 when with_g0), and x_t
-    and m only for the clamp (the host passes g for them when nothing is clamped); writes the
-    wanted gradients."""
+    on n elements of flat C-order data, one pass: reads the cotangents g (one value, g[0], when
+    g_constant: the cotangent of a .sum()) and g0 of x0 when with_g0, and x_t and m only when
+    clamped; writes the wanted gradients. An array that is not read may have one element.
+    The six flags are ``static`` (compile-time) values: each combination is its own loop without
+    branches, which LLVM vectorizes (runtime flags made the pass 2x slower)."""
     ax, am, k0, kx, km, ks = coefficients
-    n = g.size
     for chunk in numba.prange((n + CHUNK - 1) // CHUNK):
         prefer_wide_vectors()
         start = chunk * CHUNK
@@ -89,16 +91,19 @@ def _step_vjp_flat(g, g0, with_g0, xt, model, coefficients, limit, width, zero, 
             r = segment // width
             end = min(stop, (r + 1) * width)
             g_part, g0_part, xt_part, m_part = g[segment:end], g0[segment:end], xt[segment:end], model[segment:end]
+            g_first = g[0]
             gx_part, gm_part, gz_part = grad_xt[segment:end], grad_m[segment:end], grad_z[segment:end]
             a_x, a_m, c0, cx, cm, cs, lim = ax[r], am[r], k0[r], kx[r], km[r], ks[r], limit
             for j in range(end - segment):
-                x0_g = g0_part[j] if with_g0 else zero
-                d_xt, d_m, d_z = _step_vjp_element(a_x, a_m, c0, cx, cm, cs, lim, xt_part[j], m_part[j], g_part[j], x0_g)
-                if want_xt:
+                x0_g = g0_part[j] if len(with_g0) else zero
+                g_j = g_first if len(g_constant) else g_part[j]
+                xt_j, m_j = (xt_part[j], m_part[j]) if len(clamped) else (zero, zero)
+                d_xt, d_m, d_z = _step_vjp_element(a_x, a_m, c0, cx, cm, cs, lim, xt_j, m_j, g_j, x0_g)
+                if len(want_xt):
                     gx_part[j] = d_xt
-                if want_m:
+                if len(want_m):
                     gm_part[j] = d_m
-                if want_z:
+                if len(want_z):
                     gz_part[j] = d_z
             segment = end
 
@@ -112,16 +117,19 @@ def _step_vjp(g, x0_g, xt, model, t, coefficients, clip, grad_xt, grad_m, grad_z
         return
     dtype = like.dtype
     p = plan.step_plan(t, coefficients, clip, None, None, dtype, like.shape)
-    flat = lambda a: as_rows(a, 1)[0].astype(dtype, copy=False)  # noqa: E731  (a rare mixed dtype: a copy)
-    g_flat = flat(g) if g is not None else np.zeros(like.size, dtype)
-    g0_flat = flat(x0_g) if x0_g is not None else g_flat
-    # x_t and m are read for the clamp only; without one the kernel reads g in their place
-    xt_flat, m_flat = (as_rows(xt, 1)[0], as_rows(model, 1)[0]) if clip is not None else (g_flat, g_flat)
+    flat = lambda a: np.ascontiguousarray(a, dtype).reshape(-1)  # noqa: E731  (a copy only for a mixed dtype or a broadcast)
+    g = unbroadcast(g) if g is not None else np.zeros(1, dtype)
+    g_constant = g.size == 1  # e.g. the cotangent of a .sum(): read once, not materialized
+    g_flat = flat(g) if g_constant else flat(np.broadcast_to(g, like.shape))
     unused = np.empty(1, dtype)
+    g0_flat = flat(x0_g) if x0_g is not None else unused
+    # x_t and m are read for the clamp only
+    xt_flat, m_flat = (as_rows(xt, 1)[0], as_rows(model, 1)[0]) if clip is not None else (unused, unused)
     outs = [a.reshape(-1) if a is not None else unused for a in (grad_xt, grad_m, grad_z)]  # fresh, contiguous
     launch(
-        _step_vjp_flat, g_flat, g0_flat, x0_g is not None, xt_flat, m_flat, p.coefficients, p.limit, like.size // p.rows,
-        dtype.type(0), outs[0], grad_xt is not None, outs[1], grad_m is not None, outs[2], grad_z is not None,
+        _step_vjp_flat, like.size, g_flat, static(g_constant), g0_flat, static(x0_g is not None), xt_flat, m_flat,
+        static(clip is not None), p.coefficients, p.limit, like.size // p.rows, dtype.type(0),
+        outs[0], static(grad_xt is not None), outs[1], static(grad_m is not None), outs[2], static(grad_z is not None),
     )
 
 

@@ -39,7 +39,7 @@ from numba.extending import intrinsic, overload
 
 from fastgauss import _checks, _device
 from fastgauss._device import kl as _kl
-from fastgauss.cpu import CHUNK, launch, prefer_wide_vectors
+from fastgauss.cpu import CHUNK, launch, prefer_wide_vectors, unbroadcast
 
 KERNEL = dict(error_model="numpy", cache=True)
 
@@ -356,7 +356,7 @@ def operand(a, shape, rows, width, dtype):
     Views where the layout allows (a copy only to change the dtype, to merge axes that
     do not merge, or for a broadcast of another form).
     """
-    a = np.asarray(a)
+    a = unbroadcast(np.asarray(a))
     kind, lead = _checks.broadcast_kind(a.shape, shape)
     if kind == "row":  # one value per row, or one for all
         return np.ascontiguousarray(a.reshape(lead), dtype=dtype)
