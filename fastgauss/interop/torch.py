@@ -16,7 +16,10 @@ saved.
 """
 
 import contextlib
+import ctypes
+import functools
 import inspect
+import sys
 
 import numpy as np
 import torch
@@ -95,6 +98,37 @@ def _torch_dtype(dtype):
     return getattr(torch, np.dtype(dtype).name)
 
 
+_HUGE_PAGE_MIN_BYTES = 4 << 20  # NumPy's threshold for the same advice
+_MADV_HUGEPAGE = 14
+
+
+@functools.cache
+def _madvise():
+    """libc's madvise on Linux, else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    madvise.argtypes, madvise.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
+    return madvise
+
+
+def _advise_huge_pages(tensor):
+    """Ask Linux to back a large new host tensor with transparent huge pages, as NumPy does for
+    its own arrays of 4 MiB and more: the first write of a 50 MB output then takes ~12 page
+    faults a core instead of ~6,000 (torch asks only with THP_MEM_ALLOC_ENABLE=1). A hint:
+    where it is refused nothing changes."""
+    nbytes = tensor.numel() * tensor.element_size()
+    madvise = _madvise() if nbytes >= _HUGE_PAGE_MIN_BYTES else None
+    if madvise is not None:
+        page = 4096
+        start = -(-tensor.data_ptr() // page) * page
+        stop = (tensor.data_ptr() + nbytes) // page * page
+        madvise(start, stop - start, _MADV_HUGEPAGE)
+
+
 class _Conversion:
     """Tensors -> arrays for one call, and the call's results back to tensors: host results
     are allocated by torch (``_checks.host_allocator``) and returned as those tensors; a result
@@ -108,6 +142,7 @@ class _Conversion:
 
     def allocate(self, shape, dtype):
         tensor = torch.empty(shape, dtype=_torch_dtype(dtype))
+        _advise_huge_pages(tensor)
         array = tensor.numpy()
         self.allocated[id(array)] = (array, tensor)
         return array
