@@ -74,14 +74,14 @@ MVN = {
     "mvn_logpdf": {"x": 1, "mean": 1, "cov": 2, "scale_tril": 2},
     "mvn_kl": {"mean1": 1, "cov1": 2, "mean2": 1, "cov2": 2},
 }
-# Gaussian algebra: the same layout (argument -> trailing axes in one chunk), each argument's
-# trailing sizes its own (k, m, d); the result is a tuple of arrays B + their own trailing axes
+# Gaussian algebra: argument -> its trailing axes (in one chunk), each argument's own sizes (d,
+# k = rows of A or H, m = len(index)); the result is a tuple of arrays B + their own trailing axes
 ALGEBRA = {
-    "mvn_affine": {"mean": 1, "cov": 2, "A": 2, "b": 1},
-    "mvn_marginal": {"mean": 1, "cov": 2},
-    "mvn_condition": {"mean": 1, "cov": 2, "value": 1},
-    "gaussian_product": {"mean1": 1, "cov1": 2, "mean2": 1, "cov2": 2},
-    "kalman_update": {"mean": 1, "cov": 2, "H": 2, "R": 2, "y": 1},
+    "mvn_affine": {"mean": "d", "cov": "dd", "A": "kd", "b": "k"},
+    "mvn_marginal": {"mean": "d", "cov": "dd"},
+    "mvn_condition": {"mean": "d", "cov": "dd", "value": "m"},
+    "gaussian_product": {"mean1": "d", "cov1": "dd", "mean2": "d", "cov2": "dd"},
+    "kalman_update": {"mean": "d", "cov": "dd", "H": "kd", "R": "kk", "y": "k"},
 }
 LETTERS = string.ascii_lowercase
 
@@ -390,7 +390,7 @@ def _mvn(op, params):
         array = _as_dask(n, value)
         if array.ndim < trailing:
             raise ValueError(f"{n} must have at least {trailing} axes; got shape {array.shape}")
-        _one_chunk(name, n, array, trailing)
+        _one_chunk(name, n, array, "d" * trailing)
         arrays[n] = array
     constants = {k: v for k, v in params.items() if k not in layout and k != "out"}
     if name == "cholesky":
@@ -417,12 +417,12 @@ def _mvn(op, params):
     return _blockwise(op, letters, inputs, constants, dtype)
 
 
-def _one_chunk(name, n, array, trailing):
-    """The last ``trailing`` axes of the argument ``n`` must be one chunk each (a ValueError says how)."""
-    split = [a for a in range(array.ndim - trailing, array.ndim) if len(array.chunks[a]) > 1]
+def _one_chunk(name, n, array, axes):
+    """The trailing ``axes`` ("dd": (d, d)) of the argument ``n`` must be one chunk each (a ValueError says how)."""
+    split = [a for a in range(array.ndim - len(axes), array.ndim) if len(array.chunks[a]) > 1]
     if split:
         raise ValueError(
-            f"{name} needs the trailing {'(d, d)' if trailing == 2 else '(d,)'} axes of {n} in one chunk; "
+            f"{name} needs the trailing ({', '.join(axes)}{',' if len(axes) == 1 else ''}) axes of {n} in one chunk; "
             f"{n} has chunks {array.chunks} (rechunk, e.g. {n}.rechunk({{{', '.join(f'{a}: -1' for a in split)}}}))"
         )
 
@@ -434,16 +434,16 @@ def _algebra(op, params):
     layout = ALGEBRA[name]
     arrays = {n: _as_dask(n, params[n]) for n in layout if params.get(n) is not None}
     constants = {k: v for k, v in params.items() if k not in layout and k != "out"}
-    stand_ins = {n: _stand_in(a, layout[n]) for n, a in arrays.items()}
+    stand_ins = {n: _stand_in(a, len(layout[n])) for n, a in arrays.items()}
     probe = _probe(op, stand_ins, constants, {n: a.shape for n, a in arrays.items()})  # shapes, dtypes, index
     for n, a in arrays.items():
         _one_chunk(name, n, a, layout[n])
-    batch = _broadcast_batch({n: a.shape[: a.ndim - layout[n]] for n, a in arrays.items()})
+    batch = _broadcast_batch({n: a.shape[: a.ndim - len(layout[n])] for n, a in arrays.items()})
     letters = tuple(LETTERS[: len(batch)])
     inputs = []
     for n, a in arrays.items():
-        own = a.ndim - layout[n]
-        inputs.append((n, a, letters[len(batch) - own :] + tuple(f"{n}.{axis}" for axis in range(layout[n]))))
+        own = a.ndim - len(layout[n])
+        inputs.append((n, a, letters[len(batch) - own :] + tuple(f"{n}.{axis}" for axis in range(len(layout[n])))))
     items = [(item.shape[len(batch) + 1 :], item.dtype) for item in probe]  # a stand-in has one more batch axis
     return _tuple(op, letters, inputs, constants, items)
 
