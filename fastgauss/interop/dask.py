@@ -3,26 +3,33 @@
 ``fastgauss._dispatch.adapts`` hands a public op called with a dask.array argument to
 ``call``; ``Generator.standard_normal/normal/random(..., chunks=)`` come through
 ``generator_array``. The graph is built now (argument errors that shapes and dtypes
-can show are raised here, before anything runs); each block is one call of the public
-op on NumPy (or CuPy) blocks, in whichever worker runs it.
+can show are raised here, before anything runs: the op's own checks run on zero-size
+NumPy stand-ins of the arguments); each block is one call of the public op on NumPy
+(or CuPy) blocks, in whichever worker runs it. One table per family of ops (DIFFUSION,
+KL, OBJECTIVE, MVN, ALGEBRA) names their array arguments and how they are laid out.
 
 - Elementwise ops keep their inputs' chunks (arguments with other chunks are unified,
   as Dask's elementwise operations do); timesteps ``t`` may be an int, a NumPy array
   (B,) or a Dask array (B,), which follows the chunks of the batch axis.
-- reduce="sum"/"mean" (the KL family): each block is reduced by the fused kernel to
-  its per-sample partial sums, and the partials are combined by Dask's tree reduction
-  in float64 (fixed order for a given chunking: bitwise identical run to run).
-- The mvn ops need the trailing d (and d x d) axes in one chunk (a ValueError says so).
+- reduce="sum"/"mean" (the KL family and the training objective; prior_bpd is always a
+  per-sample mean): each block is reduced by the fused kernel to its per-sample partial
+  sums, and the partials are combined by Dask's tree reduction in float64 (fixed order
+  for a given chunking: bitwise identical run to run).
+- The mvn ops and the Gaussian algebra need each argument's trailing axes (d, d x d,
+  k x d, ...) in one chunk (a ValueError says which to rechunk); batch axes broadcast and
+  keep their chunks. Index arguments (mvn_marginal, mvn_condition) are host values.
 - Noise drawn from ``rng`` (q_sample, ddpm_step, ddim_step, mvn_sample, the Generator
   methods) is reserved once, now, for the whole array, exactly as the in-memory call
   reserves it; each block draws the values of its own global positions
   (fastgauss._plans.stream.BlockStream), so the result is bitwise the in-memory call's
   for any chunking, scheduler and number of workers.
-- ``out=`` is not supported (the result is a new lazy array). A result that is a tuple
-  (return_noise, return_x0, q_posterior) is a tuple of Dask arrays, each its own graph:
+- ``out=`` is not supported (the result is a new lazy array). An op whose result is a
+  tuple (normal_product and the Gaussian algebra) is one blockwise of result tuples, each
+  item a lazy array picked from it: ``dask.compute(*items)`` runs the op once per block.
+  The older tuple results (return_noise, return_x0, q_posterior) are each their own graph:
   computing two of them runs the op twice per block.
+- Not adapted: nll_bpd (it calls a model; it raises a TypeError for a Dask x0) and vjp.
 """
-
 import functools
 import inspect
 import numbers
@@ -183,16 +190,15 @@ def _tuple(op, out_index, inputs, constants, items):
     return tuple(results)
 
 
-def _stand_in(array, trailing=0):
+def _stand_in(array, trailing):
     """A NumPy array of ``array``'s dtype with no elements (a zero-stride view, no memory) for
-    the op's own checks: the last ``trailing`` axes as they are, one more leading axis of
-    length 0, and the other axes of length 1 where ``array``'s are (else 0), so stand-ins
-    broadcast together. An array of fewer than ``trailing`` axes stays as it is: the op
+    the op's own checks: the last ``trailing`` axes as they are, the batch axes before them of
+    length 0, and one more leading batch axis of length 0 (so that every stand-in is empty and
+    all broadcast together). An array of fewer than ``trailing`` axes stays as it is: the op
     rejects its shape, naming it."""
     shape = tuple(array.shape)
     if len(shape) >= trailing:
-        lead = len(shape) - trailing
-        shape = (0,) + tuple(1 if n == 1 else 0 for n in shape[:lead]) + shape[lead:]
+        shape = (0,) * (len(shape) - trailing + 1) + shape[len(shape) - trailing :]
     return np.broadcast_to(np.zeros((), np.dtype(array.dtype)), shape)
 
 
