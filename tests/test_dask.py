@@ -263,7 +263,8 @@ def test_normal_product_matches_in_memory_bitwise(compute_local, dtype):
 
 
 def objective_calls(dtype=np.float64):
-    """(op, arguments, options): data (4, 3, 10), t (4,)."""
+    """(op, arguments, options): data (4, 3, 10), t (4,). float64 only (float32 per-sample sums are
+    the KL family's path, tested above; each objective kernel and dtype costs seconds to compile)."""
     x0 = np.clip(data(dtype, seed=20), -1, 1)
     eps, model, v = data(dtype, seed=21), data(dtype, seed=22), np.tanh(data(dtype, seed=23))
     xt = fastgauss.q_sample(x0, T, SCHEDULE, noise=eps)
@@ -308,15 +309,6 @@ def test_objective_matches_in_memory(compute_local):
             np.testing.assert_array_equal(got, want, err_msg=label)
         else:
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=0, err_msg=label)
-
-
-def test_objective_float32():
-    (_, args, options), = [c for c in objective_calls(np.float32) if c[0] == "diffusion_loss"]
-    for reduce in (None, "mean"):
-        got = fastgauss.diffusion_loss(*to_dask(args, CHUNKINGS[2], True), **options, reduce=reduce).compute(scheduler="synchronous")
-        want = fastgauss.diffusion_loss(*args, **options, reduce=reduce)
-        assert got.dtype == want.dtype == np.float32
-        np.testing.assert_allclose(got, want, rtol=0 if reduce is None else 1e-6, atol=0)
 
 
 def test_all_results_of_a_tuple_op_run_it_once_per_block(monkeypatch):
