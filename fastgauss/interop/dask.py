@@ -30,6 +30,7 @@ KL, OBJECTIVE, MVN, ALGEBRA) names their array arguments and how they are laid o
   computing two of them runs the op twice per block.
 - Not adapted: nll_bpd (it calls a model; it raises a TypeError for a Dask x0) and vjp.
 """
+
 import functools
 import inspect
 import numbers
