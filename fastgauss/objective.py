@@ -423,6 +423,11 @@ def nll_bpd(model, x0, schedule, *, rng, batch_timesteps=1, prediction="epsilon"
     >>> result = fastgauss.nll_bpd(lambda xt, t: net(xt, t), x0, schedule, rng=0)
     >>> result.bpd.mean()
     """
+    if _checks.is_dask_array(x0):
+        raise TypeError(
+            "nll_bpd does not take Dask arrays (it calls model on whole arrays, one timestep at a time); pass "
+            "x0.compute(), or call it on each block of samples (for block in x0.blocks: nll_bpd(model, block.compute(), ...))"
+        )
     if isinstance(batch_timesteps, bool) or not isinstance(batch_timesteps, numbers.Integral) or batch_timesteps < 1:
         raise ValueError(f"batch_timesteps must be a positive integer; got {batch_timesteps!r}")
     if not callable(model):

@@ -183,6 +183,195 @@ def test_mvn_ops_on_dask_arrays():
 # --- errors: at graph time when shapes and dtypes show them; from a worker with fastgauss's message ------
 
 
+# --- ops whose results are tuples, and the training objective (issue 13) ------------------------------
+
+
+@pytest.fixture(params=["synchronous", "threads"])
+def compute_local(request):
+    """compute(*lazy arrays) on the in-process schedulers."""
+    import dask
+
+    return lambda *arrays: dask.compute(*arrays, scheduler=request.param)
+
+
+def gaussians(batch, d, seed):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal(batch + (d, d))
+    return rng.standard_normal(batch + (d,)), a @ np.swapaxes(a, -1, -2) + np.eye(d)
+
+
+def algebra_calls():
+    """(op, NumPy arguments, index (a constant) or None): batch (6,) or (2, 3), d = 3, some
+    arguments broadcast (no batch axes, or batch axes of length 1)."""
+    mean, cov = gaussians((6,), 3, 10)
+    mean2, cov2 = gaussians((2, 3), 3, 11)
+    rng = np.random.default_rng(12)
+    A, b, y = rng.standard_normal((2, 3)), rng.standard_normal((6, 2)), rng.standard_normal((6, 2))
+    R = np.array([[0.5, 0.1], [0.1, 0.7]])
+    return [
+        ("mvn_affine", {"mean": mean, "cov": cov, "A": A, "b": b}),
+        ("mvn_marginal", {"mean": mean, "cov": cov, "index": [2, 0]}),
+        ("mvn_condition", {"mean": mean, "cov": cov, "index": [1], "value": y[:, :1]}),
+        ("gaussian_product", {"mean1": mean2, "cov1": cov2, "mean2": mean2[:1, ::-1], "cov2": cov2[:1, ::-1]}),
+        ("kalman_update", {"mean": mean, "cov": cov, "H": rng.standard_normal((2, 3)), "R": R, "y": y}),
+    ]
+
+
+def rows(array, chunk):
+    """A Dask array of ``array`` chunked by ``chunk`` along its first axis (whole elsewhere)."""
+    return da.from_array(array, chunks=(chunk,) + array.shape[1:])
+
+
+@pytest.mark.parametrize("chunk", [1, 4])
+def test_gaussian_algebra_matches_in_memory_bitwise(compute_local, chunk):
+    lazy, expected = [], []
+    for op, kwargs in algebra_calls():
+        # the first argument (its batch chunked by ``chunk``) and the covariance of the first Gaussian are Dask arrays
+        first, matrix = list(kwargs)[0], list(kwargs)[1]
+        dask_kwargs = dict(kwargs, **{first: rows(kwargs[first], chunk), matrix: rows(kwargs[matrix], chunk)})
+        results = getattr(fastgauss, op)(**dask_kwargs)
+        want = getattr(fastgauss, op)(**kwargs)
+        assert isinstance(results, tuple) and len(results) == len(want)
+        for part, (got, w) in enumerate(zip(results, want)):
+            assert isinstance(got, da.Array) and got.shape == w.shape and got.dtype == w.dtype, (op, part)
+            assert got.chunks[0] == rows(kwargs[first], chunk).chunks[0]  # the batch keeps its chunks
+        lazy += results
+        expected += [(op, part, w) for part, w in enumerate(want)]
+    for (op, part, want), got in zip(expected, compute_local(*lazy)):
+        np.testing.assert_array_equal(got, want, err_msg=f"{op} result {part} chunk {chunk}")
+
+
+def test_gaussian_product_on_a_cluster(client):
+    mean, cov = gaussians((6,), 3, 13)
+    lazy = fastgauss.gaussian_product(rows(mean, 2), rows(cov, 4), mean[::-1], cov[::-1])
+    for got, want in zip(client.compute(list(lazy), sync=True), fastgauss.gaussian_product(mean, cov, mean[::-1], cov[::-1])):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_normal_product_matches_in_memory_bitwise(compute_local, dtype):
+    mean1, mean2 = data(dtype), data(dtype, seed=1)
+    logvar = data(dtype, shape=SHAPE[1:], seed=2)  # broadcasts without the batch axis
+    want = fastgauss.normal_product(mean1, logvar, mean2, 0.5)
+    lazy = []
+    for chunks in CHUNKINGS[2:]:  # odd splits; one sample per chunk
+        results = fastgauss.normal_product(da.from_array(mean1, chunks=chunks), logvar, da.from_array(mean2, chunks=chunks), 0.5)
+        assert all(r.chunks == da.core.normalize_chunks(chunks, SHAPE) and r.dtype == dtype for r in results)
+        lazy += results
+    for i, got in enumerate(compute_local(*lazy)):
+        np.testing.assert_array_equal(got, want[i % 3], err_msg=f"result {i % 3} chunks {CHUNKINGS[2 + i // 3]}")
+
+
+def objective_calls(dtype=np.float64):
+    """(op, arguments, options): data (4, 3, 10), t (4,). float64 only (float32 per-sample sums are
+    the KL family's path, tested above; each objective kernel and dtype costs seconds to compile)."""
+    x0 = np.clip(data(dtype, seed=20), -1, 1)
+    eps, model, v = data(dtype, seed=21), data(dtype, seed=22), np.tanh(data(dtype, seed=23))
+    xt = fastgauss.q_sample(x0, T, SCHEDULE, noise=eps)
+    return [
+        ("model_log_variance", (v, T, SCHEDULE), {"kind": "learned_range"}),
+        ("model_log_variance", (v, T, SCHEDULE), {"kind": "fixed_large"}),
+        ("vlb_terms", (x0, xt, T, model, SCHEDULE), {"var_output": v, "clip": 1.0}),
+        ("prior_bpd", (x0, SCHEDULE), {}),
+        ("diffusion_loss", (model, x0, eps, T, SCHEDULE), {"prediction": "v", "weighting": "min_snr"}),
+        ("hybrid_loss", (model, v, x0, eps, T, SCHEDULE), {}),
+    ]
+
+
+def to_dask(args, chunks, t_dask):
+    """The data arguments as Dask arrays of ``chunks``; T as a Dask array chunked like the batch, or left NumPy."""
+    out = []
+    for a in args:
+        if a is T:
+            out.append(da.from_array(T, chunks=(chunks[0],)) if t_dask else T)
+        elif isinstance(a, np.ndarray):
+            out.append(da.from_array(a, chunks=chunks))
+        else:
+            out.append(a)
+    return out
+
+
+def test_objective_matches_in_memory(compute_local):
+    """Elementwise (reduce=None) bitwise; per sample ("mean", "sum", prior_bpd) within 1e-12 relative."""
+    lazy, expected = [], []
+    for chunks, t_dask in ((CHUNKINGS[3], True), (CHUNKINGS[2], False)):  # one sample per chunk; odd splits
+        for op, args, options in objective_calls():
+            # model_log_variance is elementwise and prior_bpd a per-sample mean: neither takes reduce
+            reduces = {"model_log_variance": [{}], "prior_bpd": [{"prior": "mean"}]}.get(op, [{"reduce": r} for r in (None, "mean", "sum")])
+            for reduce in reduces:
+                kwargs = dict(options, **{k: v for k, v in reduce.items() if k == "reduce"})
+                lazy.append(getattr(fastgauss, op)(*to_dask(args, chunks, t_dask), **kwargs))
+                want = getattr(fastgauss, op)(*args, **kwargs)
+                assert lazy[-1].shape == want.shape and lazy[-1].dtype == want.dtype, op
+                expected.append((f"{op} {kwargs} chunks {chunks}", any(reduce.values()), want))
+    for (label, reduced, want), got in zip(expected, compute_local(*lazy)):
+        if not reduced:
+            np.testing.assert_array_equal(got, want, err_msg=label)
+        else:
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=0, err_msg=label)
+
+
+def test_all_results_of_a_tuple_op_run_it_once_per_block(monkeypatch):
+    import dask
+
+    launches = []
+
+    def counting(implementation):
+        def wrapped(op, backend):
+            kernel = implementation(op, backend)
+            return lambda *args, **kwargs: (launches.append(op), kernel(*args, **kwargs))[1]
+
+        return wrapped
+
+    monkeypatch.setattr(fastgauss.mvn, "implementation", counting(fastgauss.mvn.implementation))
+    monkeypatch.setattr(fastgauss.kl, "implementation", counting(fastgauss.kl.implementation))
+    mean, cov = gaussians((6,), 3, 14)
+    x = data(np.float64)
+    built = {
+        "kalman_update": fastgauss.kalman_update(rows(mean, 2), cov, np.eye(3)[:2], np.eye(2), np.ones((6, 2))),  # 3 blocks
+        "normal_product": fastgauss.normal_product(da.from_array(x, chunks=(2, 3, 5)), 0.0, x, 0.0),  # 4 blocks
+    }
+    for op, results in built.items():
+        for scheduler in ("synchronous", "threads"):
+            launches.clear()
+            dask.compute(*results, scheduler=scheduler)
+            assert launches == [op] * results[0].npartitions, (op, scheduler, launches)
+
+
+def test_algebra_needs_each_arguments_trailing_axes_in_one_chunk():
+    mean, cov = gaussians((6,), 4, 15)
+    with pytest.raises(ValueError, match=r"mvn_affine needs the trailing \(k, d\) axes of A in one chunk.*A.rechunk\(\{1: -1\}\)"):
+        fastgauss.mvn_affine(mean, cov, da.zeros((3, 4), chunks=(3, 2)))
+    with pytest.raises(ValueError, match=r"kalman_update needs the trailing \(k,\) axes of y in one chunk"):
+        fastgauss.kalman_update(mean, cov, np.eye(4)[:2], np.eye(2), da.zeros((6, 2), chunks=(3, 1)))
+
+
+def test_tuple_and_objective_errors_are_raised_when_the_graph_is_built():
+    """The in-memory call's messages, raised by the call that builds the graph."""
+    mean, cov = gaussians((6,), 3, 16)
+    md, cd = rows(mean, 2), rows(cov, 2)
+    x = da.zeros(SHAPE, chunks=2)
+    cases = [
+        (ValueError, r"A must have shape \(\.\.\., k, 3\) \(d = 3 from mean\); got \(2, 4\)$", lambda: fastgauss.mvn_affine(md, cd, np.zeros((2, 4)))),
+        (ValueError, r"batch shapes of mean \(6,\), cov \(6,\), A \(5,\) do not broadcast", lambda: fastgauss.mvn_affine(md, cd, np.zeros((5, 2, 3)))),
+        (ValueError, r"index must be in \[-3, 3\)", lambda: fastgauss.mvn_marginal(md, cd, [3])),
+        (TypeError, "index cannot be a Dask array", lambda: fastgauss.mvn_marginal(md, cd, da.from_array(np.array([1])))),
+        (ValueError, r"value must have shape \(\.\.\., 1\) \(d = 1 from index\); got \(6, 2\)$", lambda: fastgauss.mvn_condition(md, cd, [1], np.zeros((6, 2)))),
+        (TypeError, "unsupported dtype complex128 for mean1", lambda: fastgauss.gaussian_product(md.astype(complex), cd, mean, cov)),
+        (ValueError, "shapes do not broadcast together", lambda: fastgauss.normal_product(x, 0.0, da.zeros((4, 2, 10), chunks=2), 0.0)),
+        (ValueError, "kind must be one of", lambda: fastgauss.model_log_variance(x, T, SCHEDULE, kind="large")),
+        (ValueError, r"model_output must have the shape of x0 \(4, 3, 10\)", lambda: fastgauss.vlb_terms(x, x, T, x[..., :9], SCHEDULE)),
+        (ValueError, "reduce must be None", lambda: fastgauss.diffusion_loss(x, x, x, T, SCHEDULE, reduce="max")),
+        (ValueError, "hybrid_loss needs var_output", lambda: fastgauss.hybrid_loss(x, None, x, x, T, SCHEDULE)),
+        (ValueError, r"t must be in \[0, 100\)", lambda: fastgauss.diffusion_loss(x, x, x, T + 1, SCHEDULE)),
+    ]
+    for error, message, build in cases:  # raised by the call that builds the graph: nothing is computed
+        with pytest.raises(error, match=message):
+            build()
+    with pytest.raises(TypeError, match="nll_bpd does not take Dask arrays"):
+        fastgauss.nll_bpd(lambda xt, t: xt, x, SCHEDULE, rng=0, progress=False)
+
+
 def test_mvn_needs_the_trailing_axes_in_one_chunk():
     mean = da.zeros((6, 4), chunks=(3, 2))
     with pytest.raises(ValueError, match=r"trailing \(d,\) axes of mean in one chunk"):

@@ -3,29 +3,38 @@
 ``fastgauss._dispatch.adapts`` hands a public op called with a dask.array argument to
 ``call``; ``Generator.standard_normal/normal/random(..., chunks=)`` come through
 ``generator_array``. The graph is built now (argument errors that shapes and dtypes
-can show are raised here, before anything runs); each block is one call of the public
-op on NumPy (or CuPy) blocks, in whichever worker runs it.
+can show are raised here, before anything runs: the op's own checks run on zero-size
+NumPy stand-ins of the arguments); each block is one call of the public op on NumPy
+(or CuPy) blocks, in whichever worker runs it. One table per family of ops (DIFFUSION,
+KL, OBJECTIVE, MVN, ALGEBRA) names their array arguments and how they are laid out.
 
 - Elementwise ops keep their inputs' chunks (arguments with other chunks are unified,
   as Dask's elementwise operations do); timesteps ``t`` may be an int, a NumPy array
   (B,) or a Dask array (B,), which follows the chunks of the batch axis.
-- reduce="sum"/"mean" (the KL family): each block is reduced by the fused kernel to
-  its per-sample partial sums, and the partials are combined by Dask's tree reduction
-  in float64 (fixed order for a given chunking: bitwise identical run to run).
-- The mvn ops need the trailing d (and d x d) axes in one chunk (a ValueError says so).
+- reduce="sum"/"mean" (the KL family and the training objective; prior_bpd is always a
+  per-sample mean): each block is reduced by the fused kernel to its per-sample partial
+  sums, and the partials are combined by Dask's tree reduction in float64 (fixed order
+  for a given chunking: bitwise identical run to run).
+- The mvn ops and the Gaussian algebra need each argument's trailing axes (d, d x d,
+  k x d, ...) in one chunk (a ValueError says which to rechunk); batch axes broadcast and
+  keep their chunks. Index arguments (mvn_marginal, mvn_condition) are host values.
 - Noise drawn from ``rng`` (q_sample, ddpm_step, ddim_step, mvn_sample, the Generator
   methods) is reserved once, now, for the whole array, exactly as the in-memory call
   reserves it; each block draws the values of its own global positions
   (fastgauss._plans.stream.BlockStream), so the result is bitwise the in-memory call's
   for any chunking, scheduler and number of workers.
-- ``out=`` is not supported (the result is a new lazy array). A result that is a tuple
-  (return_noise, return_x0, q_posterior) is a tuple of Dask arrays, each its own graph:
+- ``out=`` is not supported (the result is a new lazy array). An op whose result is a
+  tuple (normal_product and the Gaussian algebra) is one blockwise of result tuples, each
+  item a lazy array picked from it: ``dask.compute(*items)`` runs the op once per block.
+  The older tuple results (return_noise, return_x0, q_posterior) are each their own graph:
   computing two of them runs the op twice per block.
+- Not adapted: nll_bpd (it calls a model; it raises a TypeError for a Dask x0) and vjp.
 """
 
 import functools
 import inspect
 import numbers
+import operator
 import string
 
 import dask.array as da
@@ -34,6 +43,7 @@ import numpy as np
 from fastgauss import _checks
 from fastgauss._plans.stream import BlockStream, Window, as_stream, blocks_needed
 from fastgauss.kl import REDUCTIONS
+from fastgauss.mvn import _broadcast_batch
 from fastgauss.random import Generator, _sample_dtype
 
 # The array arguments of each op and how they are shaped: "same" (one shape, elementwise),
@@ -54,6 +64,16 @@ KL = {
     "normal_kl": ("mean1", "logvar1", "mean2", "logvar2"),
     "normal_logpdf": ("x", "mean", "logvar"),
     "discretized_gaussian_log_likelihood": ("x", "means", "log_scales"),
+    "normal_product": ("mean1", "logvar1", "mean2", "logvar2"),  # a tuple (mean, logvar, log_scale)
+}
+# the training objective: data arguments of one shape (B, ...), t (B,) or a scalar; elementwise
+# or reduced per sample (prior_bpd: always the per-sample mean)
+OBJECTIVE = {
+    "model_log_variance": ("var_output",),
+    "vlb_terms": ("x0", "xt", "model_output", "var_output"),
+    "prior_bpd": ("x0",),
+    "diffusion_loss": ("model_output", "x0", "noise"),
+    "hybrid_loss": ("model_output", "var_output", "x0", "noise"),
 }
 # mvn: argument -> number of trailing axes that must be one chunk (d, or d x d)
 MVN = {
@@ -61,6 +81,15 @@ MVN = {
     "mvn_sample": {"mean": 1, "cov": 2, "scale_tril": 2, "noise": 1},
     "mvn_logpdf": {"x": 1, "mean": 1, "cov": 2, "scale_tril": 2},
     "mvn_kl": {"mean1": 1, "cov1": 2, "mean2": 1, "cov2": 2},
+}
+# Gaussian algebra: argument -> its trailing axes (in one chunk), each argument's own sizes (d,
+# k = rows of A or H, m = len(index)); the result is a tuple of arrays B + their own trailing axes
+ALGEBRA = {
+    "mvn_affine": {"mean": "d", "cov": "dd", "A": "kd", "b": "k"},
+    "mvn_marginal": {"mean": "d", "cov": "dd"},
+    "mvn_condition": {"mean": "d", "cov": "dd", "value": "m"},
+    "gaussian_product": {"mean1": "d", "cov1": "dd", "mean2": "d", "cov2": "dd"},
+    "kalman_update": {"mean": "d", "cov": "dd", "H": "kd", "R": "kk", "y": "k"},
 }
 LETTERS = string.ascii_lowercase
 
@@ -81,6 +110,10 @@ def call(op, args, kwargs):
         return _philox(op, params)
     if name in MVN:
         return _mvn(op, params)
+    if name in ALGEBRA:
+        return _algebra(op, params)
+    if name in OBJECTIVE:
+        return _objective(op, params)
     raise TypeError(
         f"fastgauss.{name} does not take Dask arrays yet; compute them first (x.compute()) or call it on "
         "each block (dask.array.map_blocks)"
@@ -139,6 +172,56 @@ def _blockwise(op, out_index, inputs, constants, dtype, stream=None, pick=None, 
     )
 
 
+def _tuple(op, out_index, inputs, constants, items):
+    """An op whose result is a tuple: ONE blockwise whose blocks are the tuples, and one lazy
+    array per item picked from it, so that computing several items runs op once per block.
+    ``items``: (trailing shape, dtype) of each item, which adds its own trailing axes (one chunk)
+    to the axes ``out_index``."""
+    tuples = _blockwise(op, out_index, inputs, constants, np.dtype(object))
+    out_index = tuple(out_index)
+    results = []
+    for i, (tail, dtype) in enumerate(items):
+        tail_index = tuple(f"{i}.{axis}" for axis in range(len(tail)))  # names no batch letter can take
+        results.append(
+            da.blockwise(
+                operator.itemgetter(i), out_index + tail_index, tuples, out_index, new_axes=dict(zip(tail_index, tail)),
+                token=f"{op.__name__}-{i}", dtype=dtype, meta=np.empty((0,) * (len(out_index) + len(tail)), dtype),
+            )
+        )
+    return tuple(results)
+
+
+def _stand_in(array, trailing):
+    """A NumPy array of ``array``'s dtype with no elements (a zero-stride view, no memory) for
+    the op's own checks: the last ``trailing`` axes as they are, the batch axes before them of
+    length 0, and one more leading batch axis of length 0 (so that every stand-in is empty and
+    all broadcast together). An array of fewer than ``trailing`` axes stays as it is: the op
+    rejects its shape, naming it."""
+    shape = tuple(array.shape)
+    if len(shape) >= trailing:
+        shape = (0,) * (len(shape) - trailing + 1) + shape[len(shape) - trailing :]
+    return np.broadcast_to(np.zeros((), np.dtype(array.dtype)), shape)
+
+
+def _probe(op, stand_ins, constants, shapes=None):
+    """op on stand-ins (the NumPy reference, nothing computed): raises the in-memory call's
+    errors of shapes, dtypes and options now, and returns its result (the results' dtypes
+    and trailing shapes). ``shapes``: the real shape of each stand-in, which a message
+    "<name> must have shape ...; got <shape>" is given instead of the stand-in's."""
+    for name, value in constants.items():
+        if _checks.is_dask_array(value):
+            raise TypeError(f"{op.__name__}: {name} cannot be a Dask array (only the data arguments can); pass a NumPy array or a list")
+    try:
+        return op(**stand_ins, **dict(constants, backend="numpy"))
+    except ValueError as exc:
+        message = str(exc)
+        for name, shape in (shapes or {}).items():
+            got = f"; got {tuple(stand_ins[name].shape)}"
+            if message.startswith(f"{name} ") and message.endswith(got):
+                raise ValueError(f"{message[: len(message) - len(got)]}; got {tuple(shape)}") from None
+        raise
+
+
 # --- diffusion ------------------------------------------------------------------------------
 
 
@@ -160,25 +243,8 @@ def _diffusion(op, params):
     name = op.__name__
     schedule = _checks.schedule(params["schedule"])
     present = [n for n in DIFFUSION[name] if params.get(n) is not None]
-    arrays = {n: _as_dask(n, params[n]) for n in present}
     first = present[0] if name not in ("ddpm_step", "ddim_step") else "xt"
-    shape = arrays[first].shape
-    for n in present:
-        _checks.same_shape(n, arrays[n].shape, first, shape)
-    dtype = _checks.result_dtype(**{n: np.dtype(a.dtype) for n, a in arrays.items()})
-    index = LETTERS[: len(shape)]
-    chunkss, unified = da.core.unify_chunks(*[item for n in present for item in (arrays[n], index)])
-    arrays = dict(zip(present, unified))
-    inputs = [(n, arrays[n], index) for n in present]
-    batch_chunks = chunkss[index[0]] if shape else None
-    constants = {k: v for k, v in params.items() if k not in present and k not in ("t", "t_prev", "out")}
-    for time_name in ("t", "t_prev"):
-        if time_name in params:
-            t = _timesteps(time_name, params[time_name], schedule, shape, batch_chunks)
-            if _checks.is_dask_array(t):
-                inputs.append((time_name, t, index[:1]))
-            else:
-                constants[time_name] = t
+    arrays, shape, dtype, index, chunkss, inputs, constants = _same_shape(params, present, first, schedule)
     stream = None
     draws = params.get("noise") is None and (name in ("q_sample", "ddpm_step") or (name == "ddim_step" and params["eta"] > 0))
     if name == "ddim_step":
@@ -200,6 +266,31 @@ def _diffusion(op, params):
         picks = [0, 1]
     results = [_blockwise(op, index, inputs, constants, dtype, stream, pick) for pick in picks]
     return results[0] if picks == [None] else tuple(results)
+
+
+def _same_shape(params, present, first, schedule):
+    """Data arguments ``present`` of one shape (the shape of ``first``), chunks unified, and the
+    timesteps t (and t_prev) chunked like the batch axis: (arrays, shape, dtype, index, chunks
+    by letter, blockwise inputs, constants: the other parameters and the scalar timesteps)."""
+    arrays = {n: _as_dask(n, params[n]) for n in present}
+    shape = arrays[first].shape
+    for n in present:
+        _checks.same_shape(n, arrays[n].shape, first, shape)
+    dtype = _checks.result_dtype(**{n: np.dtype(a.dtype) for n, a in arrays.items()})
+    index = LETTERS[: len(shape)]
+    chunkss, unified = da.core.unify_chunks(*[item for n in present for item in (arrays[n], index)])
+    arrays = dict(zip(present, unified))
+    inputs = [(n, arrays[n], index) for n in present]
+    batch_chunks = chunkss[index[0]] if shape else None
+    constants = {k: v for k, v in params.items() if k not in present and k not in ("t", "t_prev", "out")}
+    for time_name in ("t", "t_prev"):
+        if time_name in params:
+            t = _timesteps(time_name, params[time_name], schedule, shape, batch_chunks)
+            if _checks.is_dask_array(t):
+                inputs.append((time_name, t, index[:1]))
+            else:
+                constants[time_name] = t
+    return arrays, shape, dtype, index, chunkss, inputs, constants
 
 
 def _q_posterior(op, inputs, constants, dtype, index, shape, schedule):
@@ -232,7 +323,7 @@ def _per_sample_table(t, op, schedule, ndim, dtype, pick, backend):
 
 def _kl(op, params):
     name = op.__name__
-    reduce = params["reduce"]
+    reduce = params.get("reduce")  # normal_product has none
     if not (reduce is None or isinstance(reduce, str) and reduce in REDUCTIONS):
         raise ValueError(f"reduce must be None, 'mean' or 'sum'; got {reduce!r}")
     arrays, shapes, dtypes, constants = {}, {}, {}, {}
@@ -252,11 +343,19 @@ def _kl(op, params):
         op(0.0, 0.0, 0.0, bins=constants["bins"], backend="numpy")  # bins errors now, not in a worker
     index = LETTERS[: len(shape)]
     inputs = [(n, a, index[len(shape) - a.ndim :]) for n, a in arrays.items()]
+    if name == "normal_product":  # (mean, logvar, log_scale), each of the broadcast shape
+        return _tuple(op, index, inputs, constants, [((), dtype)] * 3)
     if reduce is None:
         return _blockwise(op, index, inputs, constants, dtype)
-    # per block: the per-sample partial sums (b,), shaped (b, 1, ..., 1); then a tree sum in float64
+    return _per_sample(op, index, inputs, constants, dtype, shape, reduce)
+
+
+def _per_sample(op, index, inputs, constants, dtype, shape, reduce):
+    """reduce="sum"/"mean" over every axis but the first: per block, the per-sample partial sums
+    (b,) by the fused kernel, shaped (b, 1, ..., 1); then a tree sum in float64."""
+    partial = _PartialSums(op)
     partials = _blockwise(
-        _PartialSums(op), index, inputs, constants, dtype, adjust_chunks={i: 1 for i in index[1:]},
+        partial, index, inputs, constants, dtype if partial.sums else np.dtype(np.float64), adjust_chunks={i: 1 for i in index[1:]},
     )
     total = partials.sum(axis=tuple(range(1, len(shape))), dtype=np.float64)
     if reduce == "mean":
@@ -265,16 +364,22 @@ def _kl(op, params):
 
 
 class _PartialSums:
-    """op(..., reduce="sum") on one block, shaped (b, 1, ..., 1) like the block's rank."""
+    """op(..., reduce="sum") on one block, shaped (b, 1, ..., 1) like the block's rank. An op
+    without reduce (prior_bpd) gives per-sample means: times the block's elements per sample."""
 
     def __init__(self, op):
         self.op = op
         self.__name__ = op.__name__
+        self.sums = "reduce" in inspect.signature(op).parameters
 
     def __call__(self, **kwargs):
         arrays = [v for k, v in kwargs.items() if isinstance(v, np.ndarray)]
         ndim = max((a.ndim for a in arrays), default=0)
-        sums = self.op(**dict(kwargs, reduce="sum"))
+        if self.sums:
+            sums = self.op(**dict(kwargs, reduce="sum"))
+        else:
+            elements = max((_checks.size(a.shape[1:]) for a in arrays if a.ndim == ndim), default=1)
+            sums = np.asarray(self.op(**kwargs), np.float64) * elements
         return sums.reshape(sums.shape + (1,) * (ndim - 1))
 
 
@@ -292,12 +397,7 @@ def _mvn(op, params):
         array = _as_dask(n, value)
         if array.ndim < trailing:
             raise ValueError(f"{n} must have at least {trailing} axes; got shape {array.shape}")
-        split = [a for a in range(array.ndim - trailing, array.ndim) if len(array.chunks[a]) > 1]
-        if split:
-            raise ValueError(
-                f"{name} needs the trailing {'(d, d)' if trailing == 2 else '(d,)'} axes of {n} in one chunk; "
-                f"{n} has chunks {array.chunks} (rechunk, e.g. {n}.rechunk({{{', '.join(f'{a}: -1' for a in split)}}}))"
-            )
+        _one_chunk(name, n, array, "d" * trailing)
         arrays[n] = array
     constants = {k: v for k, v in params.items() if k not in layout and k != "out"}
     if name == "cholesky":
@@ -322,6 +422,37 @@ def _mvn(op, params):
         own = a.ndim - layout[n]
         inputs.append((n, a, letters[len(batch) - own :] + ("y" if layout[n] == 1 else "yz")))
     return _blockwise(op, letters, inputs, constants, dtype)
+
+
+def _one_chunk(name, n, array, axes):
+    """The trailing ``axes`` ("dd": (d, d)) of the argument ``n`` must be one chunk each (a ValueError says how)."""
+    split = [a for a in range(array.ndim - len(axes), array.ndim) if len(array.chunks[a]) > 1]
+    if split:
+        raise ValueError(
+            f"{name} needs the trailing ({', '.join(axes)}{',' if len(axes) == 1 else ''}) axes of {n} in one chunk; "
+            f"{n} has chunks {array.chunks} (rechunk, e.g. {n}.rechunk({{{', '.join(f'{a}: -1' for a in split)}}}))"
+        )
+
+
+def _algebra(op, params):
+    """Gaussian algebra: each argument's trailing axes in one chunk, its batch axes broadcast and
+    keep their chunks; one blockwise of result tuples (``_tuple``)."""
+    name = op.__name__
+    layout = ALGEBRA[name]
+    arrays = {n: _as_dask(n, params[n]) for n in layout if params.get(n) is not None}
+    constants = {k: v for k, v in params.items() if k not in layout and k != "out"}
+    stand_ins = {n: _stand_in(a, len(layout[n])) for n, a in arrays.items()}
+    probe = _probe(op, stand_ins, constants, {n: a.shape for n, a in arrays.items()})  # shapes, dtypes, index
+    for n, a in arrays.items():
+        _one_chunk(name, n, a, layout[n])
+    batch = _broadcast_batch({n: a.shape[: a.ndim - len(layout[n])] for n, a in arrays.items()})
+    letters = tuple(LETTERS[: len(batch)])
+    inputs = []
+    for n, a in arrays.items():
+        own = a.ndim - len(layout[n])
+        inputs.append((n, a, letters[len(batch) - own :] + tuple(f"{n}.{axis}" for axis in range(len(layout[n])))))
+    items = [(item.shape[len(batch) + 1 :], item.dtype) for item in probe]  # a stand-in has one more batch axis
+    return _tuple(op, letters, inputs, constants, items)
 
 
 def _mvn_sample(op, params, arrays, constants, batch, d, dtype):
@@ -360,6 +491,25 @@ def _mvn_sample(op, params, arrays, constants, batch, d, dtype):
         stream = (key, offset, tuple(shape), range(len(sample), len(sample) + len(batch)), chunks)
         return _blockwise(op, out_index, inputs, constants, dtype, stream, new_axes=new_axes)
     return _blockwise(op, out_index, inputs, constants, dtype)
+
+
+# --- the training objective: one shape, t per sample, elementwise or reduced per sample -------------
+
+
+def _objective(op, params):
+    name = op.__name__
+    schedule = _checks.schedule(params["schedule"])
+    present = [n for n in OBJECTIVE[name] if params.get(n) is not None]
+    arrays, shape, _, index, _, inputs, constants = _same_shape(params, present, present[0], schedule)
+    # the op's own checks of dtypes and options (kind, prediction, weighting, clip, reduce, ...), now,
+    # on stand-ins with no samples
+    stand_ins = {n: np.broadcast_to(np.zeros((), a.dtype), (0,) + a.shape[1:] if a.ndim else ()) for n, a in arrays.items()}
+    stand_ins.update({n: np.zeros(0, a.dtype) for n, a, _ in inputs if n == "t"})
+    dtype = _probe(op, stand_ins, constants).dtype
+    reduce = params.get("reduce", "mean" if name == "prior_bpd" else None)  # prior_bpd: per-sample means
+    if reduce is None:
+        return _blockwise(op, index, inputs, constants, dtype)
+    return _per_sample(op, index, inputs, constants, dtype, shape, reduce)
 
 
 def _philox(op, params):
