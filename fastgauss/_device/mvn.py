@@ -226,13 +226,13 @@ def tril_vjp(L, l, G, g, d):
     part (Abar + Abar^T) / 2 is the covariance's gradient (``store_symmetric`` writes it)."""
     for r in range(d):
         j = d - 1 - r
-        pivot = np.float64(L[l, j, j])
+        inverse = 1.0 / np.float64(L[l, j, j])  # one division a column: the divider is the slow unit
         s = 0.0
         for i in range(j + 1, d):
             s += np.float64(L[l, i, j]) * G[g, i, j]
-        G[g, j, j] -= s / pivot
+        G[g, j, j] -= s * inverse
         for i in range(j, d):
-            G[g, i, j] /= pivot
+            G[g, i, j] *= inverse
         for k in range(j):
             acc = 0.0
             for i in range(j, d):
