@@ -135,7 +135,7 @@ def test_per_sample_reductions_match_in_memory_and_repeat_bitwise(compute):
         ]
         if dtype == np.float32:  # float32: one op (each op and dtype is one more kernel to compile)
             calls = calls[:1]
-        for chunks in CHUNKINGS[1:3]:
+        for chunks in CHUNKINGS[1:]:  # split samples (a tree sum), and whole samples (one task a block)
             for op, args in calls:
                 for reduce in ("mean", "sum"):
                     dask_args = [da.from_array(a, chunks=chunks) if isinstance(a, np.ndarray) and a.ndim == 3 else a for a in args]
@@ -146,6 +146,8 @@ def test_per_sample_reductions_match_in_memory_and_repeat_bitwise(compute):
         assert got.dtype == want.dtype and got.shape == want.shape == (SHAPE[0],)
         np.testing.assert_allclose(got, want, rtol=rtol, atol=0, err_msg=f"{op} {reduce} {want.dtype} chunks {chunks}")
         np.testing.assert_array_equal(got, again)  # the same graph sums in the same order
+        if tuple(chunks[1:]) == SHAPE[1:]:  # whole samples in every block: the kernel's own per-sample sums
+            np.testing.assert_array_equal(got, want, err_msg=f"{op} {reduce} {want.dtype} chunks {chunks}")
 
 
 # --- everything else: elementwise ops keep chunks and equal the in-memory call bitwise ---------------

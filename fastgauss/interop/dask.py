@@ -12,9 +12,11 @@ KL, OBJECTIVE, MVN, ALGEBRA) names their array arguments and how they are laid o
   as Dask's elementwise operations do); timesteps ``t`` may be an int, a NumPy array
   (B,) or a Dask array (B,), which follows the chunks of the batch axis.
 - reduce="sum"/"mean" (the KL family and the training objective; prior_bpd is always a
-  per-sample mean): each block is reduced by the fused kernel to its per-sample partial
-  sums, and the partials are combined by Dask's tree reduction in float64 (fixed order
-  for a given chunking: bitwise identical run to run).
+  per-sample mean): where the blocks hold whole samples (every axis after the batch axis
+  in one chunk, the usual chunking) each block's per-sample results are final, one task a
+  block, bitwise the in-memory call's; otherwise each block is reduced by the fused kernel
+  to its per-sample partial sums, and the partials are combined by Dask's tree reduction
+  in float64 (fixed order for a given chunking: bitwise identical run to run).
 - The mvn ops and the Gaussian algebra need each argument's trailing axes (d, d x d,
   k x d, ...) in one chunk (a ValueError says which to rechunk); batch axes broadcast and
   keep their chunks. Index arguments (mvn_marginal, mvn_condition) are host values.
@@ -351,8 +353,18 @@ def _kl(op, params):
 
 
 def _per_sample(op, index, inputs, constants, dtype, shape, reduce):
-    """reduce="sum"/"mean" over every axis but the first: per block, the per-sample partial sums
-    (b,) by the fused kernel, shaped (b, 1, ..., 1); then a tree sum in float64."""
+    """reduce="sum"/"mean" over every axis but the first. Where every block holds whole samples
+    (the axes after the batch axis in one chunk: the usual chunking), each block's per-sample
+    results are final: one task a block, the fused kernel's own per-sample values (the same
+    bits as the in-memory call). Otherwise, per block, the per-sample partial sums (b,) by the
+    fused kernel, shaped (b, 1, ..., 1), then a tree sum in float64."""
+    whole_samples = all(
+        len(chunks) == 1 for _, array, letters in inputs for letter, chunks in zip(letters, array.chunks) if letter != index[0]
+    )
+    if whole_samples:  # (the block's (b,) results as (b, 1, ..., 1): no axis is contracted, so no block is copied)
+        final = _PerSample(op, reduce)
+        results = _blockwise(final, index, inputs, constants, dtype, adjust_chunks={i: 1 for i in index[1:]})
+        return results.reshape(shape[:1])
     partial = _PartialSums(op)
     partials = _blockwise(
         partial, index, inputs, constants, dtype if partial.sums else np.dtype(np.float64), adjust_chunks={i: 1 for i in index[1:]},
@@ -361,6 +373,19 @@ def _per_sample(op, index, inputs, constants, dtype, shape, reduce):
     if reduce == "mean":
         total = total / _checks.size(shape[1:])
     return total.astype(dtype)
+
+
+class _PerSample:
+    """op(..., reduce=reduce) on one block (prior_bpd: op itself), shaped (b, 1, ..., 1)."""
+
+    def __init__(self, op, reduce):
+        self.op, self.__name__ = op, op.__name__
+        self.reduce = reduce if "reduce" in inspect.signature(op).parameters else None
+
+    def __call__(self, **kwargs):
+        ndim = max((v.ndim for v in kwargs.values() if isinstance(v, np.ndarray)), default=0)
+        result = self.op(**dict(kwargs, reduce=self.reduce)) if self.reduce else self.op(**kwargs)
+        return result.reshape(result.shape + (1,) * (ndim - 1))
 
 
 class _PartialSums:
