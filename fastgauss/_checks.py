@@ -53,9 +53,33 @@ def numba_view(x):
     return x
 
 
+_stream = contextvars.ContextVar("fastgauss_cuda_stream", default=0)
+
+
+def launch_stream():
+    """The CUDA stream kernels launch on, ``kernel[blocks, threads, launch_stream()]``, and small
+    transfers are made on (0: the default stream)."""
+    return _stream.get()
+
+
+@contextlib.contextmanager
+def use_stream(value):
+    """Within the block (this thread or task), kernels launch on the Numba stream ``value``."""
+    token = _stream.set(value)
+    try:
+        yield
+    finally:
+        _stream.reset(token)
+
+
 def to_host(x):
-    """Copy a (small) CUDA array to a NumPy array: used to validate timesteps."""
-    return numba_view(x).copy_to_host()
+    """Copy a (small) CUDA array to a NumPy array, after the work queued on the launch stream:
+    used to validate timesteps and read status codes."""
+    stream = launch_stream()
+    host = numba_view(x).copy_to_host(stream=stream)
+    if stream:
+        stream.synchronize()
+    return host
 
 
 def empty_like_library(like, shape, dtype):
@@ -86,7 +110,7 @@ def from_host_like(like, host):
 
         device.copy_(torch.from_numpy(host))
     else:
-        device.copy_to_device(host)
+        device.copy_to_device(host, stream=launch_stream())
     return device
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import fastgauss
-from conftest import CUDA_USABLE, to_numpy
+from conftest import CUDA_USABLE, SIMULATOR, to_numpy
 
 pytestmark = pytest.mark.skipif(not CUDA_USABLE, reason="cuda backend not usable")
 
@@ -181,3 +181,50 @@ def test_block_sum_for_every_kind_of_block_size():
         _block_sums[2, threads](cuda.to_device(values), out)
         expected = [values[:threads].sum(), values[threads:].sum()]
         np.testing.assert_array_equal(out.copy_to_host(), expected, err_msg=f"{threads} threads")
+
+
+@pytest.mark.skipif(not SIMULATOR, reason="records the simulator's launches and transfers")
+def test_launches_and_transfers_follow_the_launch_stream(monkeypatch):
+    """Under use_stream (what the torch adapter sets to torch's current stream), every kernel
+    launch and every small host <-> device transfer of an op is made on that stream: a copy on
+    the legacy default stream is not ordered with a non-blocking stream's kernels (torch's)."""
+    from numba import cuda
+    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+    from numba.cuda.simulator.kernel import FakeCUDAKernel
+
+    from fastgauss.cuda import use_stream
+
+    seen = []  # (what, stream)
+    getitem, to_device = FakeCUDAKernel.__getitem__, cuda.to_device
+    to_host, copy_in = FakeCUDAArray.copy_to_host, FakeCUDAArray.copy_to_device
+
+    def record(what, original):
+        def wrapper(*args, stream=0, **kwargs):
+            seen.append((what, stream))
+            return original(*args, stream=stream, **kwargs)
+
+        return wrapper
+
+    def launch(self, configuration):
+        seen.append((f"launch {self.fn.__name__}", configuration[2] if len(configuration) > 2 else 0))
+        return getitem(self, configuration)
+
+    rng = np.random.default_rng(0)
+    x, noise = rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 3, 4))
+    cov = spd(rng, (2,), 3)
+    args = dev(x, noise, np.array([1, 30]), x[:, 0, :3], cov, np.eye(3)[:2], np.eye(2), np.zeros((2, 2)))
+    stream = cuda.stream()
+    monkeypatch.setattr(FakeCUDAKernel, "__getitem__", launch)
+    monkeypatch.setattr(cuda, "to_device", record("to_device", to_device))
+    monkeypatch.setattr(FakeCUDAArray, "copy_to_host", record("copy_to_host", to_host))
+    monkeypatch.setattr(FakeCUDAArray, "copy_to_device", record("copy_to_device", copy_in))
+    schedule = fastgauss.NoiseSchedule.linear(40)
+    with use_stream(stream):
+        fastgauss.q_sample(args[0], args[2], schedule, rng=1, backend="cuda")
+        fastgauss.vjp("q_sample", args[0], args[0], args[2], schedule, args[1], backend="cuda")
+        fastgauss.normal_kl(args[0], 0.0, args[1], 0.5, reduce="mean", backend="cuda")
+        fastgauss.mvn_sample(args[3], args[4], rng=2, backend="cuda")
+        fastgauss.kalman_update(*args[3:], backend="cuda")
+    kinds = {what.split()[0] for what, _ in seen}
+    assert {"launch", "to_device", "copy_to_host"} <= kinds, kinds  # the check reaches all three
+    assert [item for item in seen if item[1] is not stream] == []

@@ -7,13 +7,11 @@ stream), else on the default stream, which orders them after work queued on the 
 default stream by CuPy and PyTorch.
 """
 
-import contextlib
-import contextvars
-
+from numba import cuda
 from numba.cuda.core.caching import CacheImpl
 
 from fastgauss import _cache
-from fastgauss._checks import empty_like_library, from_host_like, numba_view, to_host  # noqa: F401
+from fastgauss._checks import empty_like_library, from_host_like, launch_stream, numba_view, to_host, use_stream  # noqa: F401
 
 _cache.install(CacheImpl)  # before any kernel is defined: cached kernels follow _device/ edits
 
@@ -22,22 +20,10 @@ MAX_GRID_X = 1024  # blocks per row: enough to fill a GPU; a grid-stride loop co
 MAX_GRID_Y = 65535  # CUDA's limit for gridDim.y
 
 
-_stream = contextvars.ContextVar("fastgauss_cuda_stream", default=0)
-
-
-def launch_stream():
-    """The stream kernels launch on: ``kernel[blocks, threads, launch_stream()]`` (0: the default stream)."""
-    return _stream.get()
-
-
-@contextlib.contextmanager
-def use_stream(value):
-    """Within the block (this thread or task), kernels launch on the Numba stream ``value``."""
-    token = _stream.set(value)
-    try:
-        yield
-    finally:
-        _stream.reset(token)
+def to_device(host):
+    """A device copy of the small host array ``host`` (a kernel's table or geometry), made on the
+    launch stream, so it is ordered with the kernels of that stream (torch's, under torch)."""
+    return cuda.to_device(host, stream=launch_stream())
 
 
 # The array-kind helpers live in fastgauss._checks (below the backends); the cuda modules

@@ -22,7 +22,7 @@ from numba.core import config
 
 from fastgauss import _checks, _device
 from fastgauss._device import kl as _kl
-from fastgauss.cuda import THREADS, _numba_view, as_flat, grid, launch_stream
+from fastgauss.cuda import THREADS, _numba_view, as_flat, grid, launch_stream, to_device
 
 
 
@@ -149,7 +149,7 @@ def _materialize(name, a, shape, target_shape, dtype):
     out = cuda.device_array(count, dtype)
     blocks = max(1, min(-(-count // THREADS), 4096))
     _gather[blocks, THREADS, launch_stream()](
-        source, cuda.to_device(np.array(strides or [0], np.int64)), cuda.to_device(np.array(shape or (1,), np.int64)), out
+        source, to_device(np.array(strides or [0], np.int64)), to_device(np.array(shape or (1,), np.int64)), out
     )
     return out.reshape(target_shape)
 
@@ -161,7 +161,7 @@ def _shape(a):
 def operand(name, a, shape, rows, width, dtype):
     """An argument as a (rows or 1, width or 1) device array of ``dtype`` (see the module docstring)."""
     if _checks.is_scalar(a):
-        return cuda.to_device(np.full((1, 1), a, dtype))
+        return to_device(np.full((1, 1), a, dtype))
     view = _numba_view(a)
     kind, lead = _checks.broadcast_kind(view.shape, shape)
     target = {"row": (lead, 1), "full": (lead, width)}.get(kind, (rows, width))
@@ -187,7 +187,7 @@ def nothing_to_compute(out, rows, width, reduce):
         return False
     if rows and reduce is not None:
         dtype = _checks.shape_dtype(out)[1]
-        as_flat("out", _numba_view(out)).copy_to_device(np.full(rows, 0.0 if reduce == "sum" else math.nan, dtype))
+        as_flat("out", _numba_view(out)).copy_to_device(np.full(rows, 0.0 if reduce == "sum" else math.nan, dtype), stream=launch_stream())
     return True
 
 
@@ -328,7 +328,7 @@ def _reduce_into(name, full, shape, grad):
         strides.insert(0, step)
         step *= n
     out = as_flat(name, grad)
-    as_array = lambda values: cuda.to_device(np.array(values or (1,), np.int64))  # noqa: E731
+    as_array = lambda values: to_device(np.array(values or (1,), np.int64))  # noqa: E731
     _sum_to[max(1, min(out.size, 4096)), THREADS, launch_stream()](
         full.reshape(full.size), as_array(kept), as_array(summed), as_array(strides), out
     )
@@ -344,7 +344,7 @@ def _run_vjp(op, names, cotangent, arrays, grads, extra, shape, reduce):
     if rows * width == 0:
         for name, grad in zip(names, grads):
             if grad is not None and _checks.size(_checks.shape_dtype(grad)[0]):
-                as_flat(name, grad).copy_to_device(np.zeros(_checks.size(_checks.shape_dtype(grad)[0]), dtype))
+                as_flat(name, grad).copy_to_device(np.zeros(_checks.size(_checks.shape_dtype(grad)[0]), dtype), stream=launch_stream())
         return
     operands = [operand(n, a, shape, rows, width, dtype) for n, a in zip(names, arrays)]
     if len(operands) == 3:
@@ -368,7 +368,7 @@ def _run_vjp(op, names, cotangent, arrays, grads, extra, shape, reduce):
     want = np.array([grad is not None for grad in grads] + [False] * (4 - len(grads)))
     blocks, threads = grid(rows, width)
     _rows_vjp[blocks, threads, launch_stream()](
-        OPS[op], *operands, np.float64(extra), _kl.F64, g, scale, *destinations, cuda.to_device(want), rows, width
+        OPS[op], *operands, np.float64(extra), _kl.F64, g, scale, *destinations, to_device(want), rows, width
     )
     for name, temporary, grad in temporaries:
         _reduce_into(name, temporary, shape, grad)

@@ -22,7 +22,7 @@ from fastgauss._device import mvn as _mvn
 from fastgauss._plans import mvn as plan
 from fastgauss._plans.mvn import NO_FAILURE, geometry
 from fastgauss._plans.stream import kernel_state, values_per_block, words
-from fastgauss.cuda import _numba_view, launch_stream
+from fastgauss.cuda import _numba_view, launch_stream, to_device, to_host
 from fastgauss.cuda.random import launch_config, normals, on_device, standard_normal, stream_slot
 
 _d = _device.compile_for(cuda.jit(device=True), _mvn)
@@ -246,15 +246,15 @@ def _summary(status):
     """fastgauss._plans.mvn.summarize on the device: two atomics and a few bytes back to the host."""
     if status.size == 0:
         return NO_FAILURE
-    first = cuda.to_device(np.array([NONE, NONE], np.int64))
+    first = to_device(np.array([NONE, NONE], np.int64))
     _launch(_first_flags, status.size, status, first)
-    failed, asymmetric = (int(v) for v in first.copy_to_host())
-    order = int(status[failed : failed + 1].copy_to_host()[0]) if failed != NONE else 0
+    failed, asymmetric = (int(v) for v in to_host(first))
+    order = int(to_host(status[failed : failed + 1])[0]) if failed != NONE else 0
     return plan.Failure((failed if failed != NONE else -1), order, (asymmetric if asymmetric != NONE else -1))
 
 
 def _geometry(batch, *operands):
-    return tuple(cuda.to_device(a) for a in geometry(batch, *operands))
+    return tuple(to_device(a) for a in geometry(batch, *operands))
 
 
 def factor_batch(a, upper=False, tol=plan.NO_CHECK, out=None):
@@ -316,7 +316,7 @@ def mvn_sample(mean, cov, scale_tril, batch, noise, out, *, fresh, stream, tol):
     )
     status = plan.record_fused(TARGET, factors, ["cov"], [codes])
     if not plan.any_failed(status) and target is not out:
-        _view("out", out, (vectors * d,)).copy_to_device(out_flat)
+        _view("out", out, (vectors * d,)).copy_to_device(out_flat, stream=launch_stream())
     return status
 
 
@@ -350,7 +350,7 @@ def mvn_kl(mean1, cov1, mean2, cov2, batch, out):
     mats, fused = factors.mats, factors.fused
     d = mats[0].shape[2]
     geometry_host = geometry(batch, *(shape_dtype(a)[0][:k] for a, k in ((mean1, -1), (cov1, -2), (mean2, -1), (cov2, -2))))
-    shape_array, strides = cuda.to_device(geometry_host[0]), cuda.to_device(np.stack(geometry_host[1:]))
+    shape_array, strides = to_device(geometry_host[0]), to_device(np.stack(geometry_host[1:]))
     mean1_2d, mean2_2d, out_flat = _vectors("mean1", mean1), _vectors("mean2", mean2), _view("out", out, (n,))
     if d > MAX_LOCAL_D:
         z = cuda.device_array((n, d), np.float64)
@@ -578,7 +578,7 @@ def _reduce(src, full, operand, out):
     parts = segments(per_element)
     width = src.shape[1]
     partials = cuda.device_array((count * width, parts), np.float64)
-    _launch(_reduce_partials, count * width * parts, src, cuda.to_device(shape), cuda.to_device(kept), per_element, parts, partials)
+    _launch(_reduce_partials, count * width * parts, src, to_device(shape), to_device(kept), per_element, parts, partials)
     _launch(_combine, count * width, partials, 1, False, out)
 
 
@@ -644,7 +644,7 @@ def mvn_sample_vjp(cotangent, mean, cov, scale_tril, batch, noise, *, stream, gr
         partials = cuda.device_array((items, d, d), np.float64) if want_matrix and not direct else _unused((d, d))
         args = (
             cot, mat, cov is not None, _unused((), dtype) if generate else _view("noise", noise, (vectors * d,)), generate,
-            values_per_block(dtype), *words(*(tuple(stream)[:2] if generate else (0, 0))), cuda.to_device(geometry_shape), cuda.to_device(kept),
+            values_per_block(dtype), *words(*(tuple(stream)[:2] if generate else (0, 0))), to_device(geometry_shape), to_device(kept),
             per_element, parts, want_matrix, grad_noise is not None,
             _view("grad_noise", grad_noise, (vectors * d,)) if grad_noise is not None else _unused((), dtype), partials,
             _matrices(matrix_name, grad_matrix) if want_matrix and direct else _unused((d, d), dtype), codes,
@@ -662,7 +662,7 @@ def mvn_sample_vjp(cotangent, mean, cov, scale_tril, batch, noise, *, stream, gr
     if grad_mean is not None:
         mean_batch = shape_dtype(mean)[0][:-1]
         if int(np.prod(mean_batch)) == vectors:
-            _view("grad_mean", grad_mean, (vectors * d,)).copy_to_device(cot)
+            _view("grad_mean", grad_mean, (vectors * d,)).copy_to_device(cot, stream=launch_stream())
         else:
             _reduce(cot.reshape(vectors, d), full, mean_batch, _view("grad_mean", grad_mean, (int(np.prod(mean_batch)) * d,)))
     return status
@@ -687,8 +687,8 @@ def mvn_logpdf_vjp(cotangent, x, mean, cov, scale_tril, batch, *, grad_x, grad_m
     )
     codes = cuda.device_array(mat.shape[0] if fused else 1, np.int32)
     args = (
-        _view("cotangent", cotangent, (n,)), _vectors("x", x), _vectors("mean", mean), mat, fused, cuda.to_device(geometry_host[0]),
-        cuda.to_device(np.stack(geometry_host[1:])), (grad_x is not None, grad_mean is not None, grad_matrix is not None),
+        _view("cotangent", cotangent, (n,)), _vectors("x", x), _vectors("mean", mean), mat, fused, to_device(geometry_host[0]),
+        to_device(np.stack(geometry_host[1:])), (grad_x is not None, grad_mean is not None, grad_matrix is not None),
         gx, gm, identity[2], cov is not None, gmat, codes,
     )
     if d <= MAX_LOCAL_D:
@@ -720,7 +720,7 @@ def mvn_kl_vjp(cotangent, mean1, cov1, mean2, cov2, batch, *, grad_mean1, grad_c
     codes = [cuda.device_array(mat.shape[0] if fuse else 1, np.int32) for mat, fuse in zip(mats, fused)]
     args = (
         _view("cotangent", cotangent, (n,)), _vectors("mean1", mean1), mats[0], fused[0], _vectors("mean2", mean2), mats[1], fused[1],
-        cuda.to_device(geometry_host[0]), cuda.to_device(np.stack(geometry_host[1:])), tuple(g is not None for g in grads),
+        to_device(geometry_host[0]), to_device(np.stack(geometry_host[1:])), tuple(g is not None for g in grads),
         (identity[1], identity[3]), targets[0], targets[2], targets[1], targets[3], codes[0], codes[1],
     )
     if d <= MAX_LOCAL_D:
@@ -820,7 +820,7 @@ def _kalman_kernel(mean, cov, H, R, y, shape, strides, log_2pi, work, out_mean, 
 def _algebra_geometry(batch, *operands):
     """Device (shape, strides (operands, nd)) of geometry(), for operands given as (array, trailing axes)."""
     host = geometry(batch, *(tuple(shape_dtype(a)[0])[: len(shape_dtype(a)[0]) - axes] for a, axes in operands))
-    return cuda.to_device(host[0]), cuda.to_device(np.stack(host[1:]))
+    return to_device(host[0]), to_device(np.stack(host[1:]))
 
 
 ALGEBRA_MAX_BLOCKS = 256  # 65,536 threads: about what an H100 keeps resident at these kernels' 96-160 registers
@@ -847,7 +847,7 @@ def mvn_affine(mean, cov, A, b, batch, mean_out, cov_out):
     if n == 0 or k == 0:
         return {}
     if b is None:
-        b = cuda.to_device(np.zeros(k, shape_dtype(mean_out)[1]))
+        b = to_device(np.zeros(k, shape_dtype(mean_out)[1]))
     geometry_arrays = _algebra_geometry(batch, (mean, 1), (cov, 2), (A, 2), (b, 1))
     blocks, threads, work = _scratch(n, 1, k, d)
     _affine_kernel[blocks, threads, launch_stream()](
@@ -864,7 +864,7 @@ def mvn_marginal(mean, cov, index, batch, mean_out, cov_out):
         return {}
     geometry_arrays = _algebra_geometry(batch, (mean, 1), (cov, 2))
     _launch(
-        _marginal_kernel, n, _vectors("mean", mean), _matrices("cov", cov), cuda.to_device(index), *geometry_arrays,
+        _marginal_kernel, n, _vectors("mean", mean), _matrices("cov", cov), to_device(index), *geometry_arrays,
         _flat("mean_out", batch, mean_out, (m,)), _flat("cov_out", batch, cov_out, (m, m)),
     )
     return {}
@@ -876,11 +876,11 @@ def mvn_condition(mean, cov, index, other, value, batch, mean_out, *, cov_out):
     if n == 0:
         return {"cov": NO_FAILURE}
     m, r = index.size, other.size
-    status = cuda.to_device(np.zeros(covs.shape[0], np.int32))
+    status = to_device(np.zeros(covs.shape[0], np.int32))
     geometry_arrays = _algebra_geometry(batch, (mean, 1), (cov, 2), (value, 1))
     blocks, threads, work = _scratch(n, 2, m, max(m, r + 1))
     _condition_kernel[blocks, threads, launch_stream()](
-        _vectors("mean", mean), covs, _vectors("value", value), cuda.to_device(index), cuda.to_device(other), *geometry_arrays,
+        _vectors("mean", mean), covs, _vectors("value", value), to_device(index), to_device(other), *geometry_arrays,
         work, _flat("mean_out", batch, mean_out, (r,)), _flat("cov_out", batch, cov_out, (r, r)), status,
     )
     return {"cov": _summary(status)}
