@@ -20,8 +20,37 @@ from fastgauss import _device
 from fastgauss._device import random as _random
 from fastgauss._plans.stream import kernel_state, values_per_block as _values_per_block_of
 from fastgauss.cpu import launch, prefer_wide_vectors
+from fastgauss.cpu.kl import _fma
 
-_d = _device.compile_for(numba.njit(error_model="numpy", forceinline=True), _random)
+
+# Division by a constant without the divider: fastgauss._device.random's divide by Markstein's
+# correction (the proof, and the constants, are there). The quotients keep every bit, so the
+# stream does not change; the vector divider bounded the float64 normals (16 divisions a pair
+# in sincos_turn64, one in log_unit64), three multiplies or FMAs take its place.
+def _divide(z, d):
+    """RN(z / y) for d = (y, RN(1/y)) or (y, RN(1/y), RN(1/y - RN(1/y))), with FMAs."""
+
+
+@overload(_divide, inline="always", jit_options=dict(error_model="numpy"))
+def _divide_impl(z, d):
+    if len(d) == 2:
+
+        def one_constant(z, d):
+            y, h = d
+            q = z * h  # faithful (fastgauss._device.random)
+            return _fma(_fma(-q, y, z), h, q)  # q + (z - q y) h: the remainder is exact
+
+        return one_constant
+
+    def two_constants(z, d):
+        y, h, low = d
+        q = _fma(z, h, z * low)
+        return _fma(_fma(-q, y, z), h, q)
+
+    return two_constants
+
+
+_d = _device.compile_for(numba.njit(error_model="numpy", forceinline=True), _random, overrides={"divide": _divide})
 _block = _d.block
 _box_muller32 = _d.box_muller32
 _box_muller64 = _d.box_muller64
