@@ -177,7 +177,7 @@ def turn53(w0, w1):
 # Two constants: w = z h + RN(z l) = Q (1 + eps), |eps| <= |y (h + l) - 1| + 2**-53 y |l|:
 #   0.95 2**-106 (182) and 1.07 2**-106 (210), far below 2**-54.
 # tests/test_division.py recomputes every bound with fractions.Fraction.
-# Domain: z = a a (sincos_turn64: a = 0 or |a| >= 2 pi 2**-53) lies in {0} u [2**-102, 0.62],
+# Domain: z = a a (sincos_turn64: a = 0 or |a| >= RN(2 pi) 2**-53) lies in {0} u [2**-102, 0.62],
 # and z = s s (log_unit64: s = 0 or |s| > 2**-55) in {0} u [2**-110, 0.03]: every quotient,
 # remainder and z l is far from the subnormals; z = 0 gives q0 = r = q = +0 = 0 / y.
 
@@ -190,7 +190,8 @@ def divide(z, d):
 DIV6, DIV12, DIV20, DIV21, DIV30, DIV42, DIV56, DIV72, DIV90, DIV110, DIV132, DIV156, DIV240, DIV272, DIV306 = (
     (float(y), 1 / y) for y in (6, 12, 20, 21, 30, 42, 56, 72, 90, 110, 132, 156, 240, 272, 306)
 )  # (y, RN(1/y)): Python's int / int is correctly rounded
-DIV182, DIV210 = ((float(y), 1 / y, float(Fraction(1, y) - Fraction(1 / y))) for y in (182, 210))  # (y, h, RN(1/y - h))
+# (y, h, RN(1/y - h)): Fraction's float() is correctly rounded too
+DIV182, DIV210 = ((float(y), 1 / y, float(Fraction(1, y) - Fraction(1 / y))) for y in (182, 210))
 
 
 # --- log on (0, 1] --------------------------------------------------------------------
