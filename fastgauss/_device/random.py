@@ -20,6 +20,7 @@ normals sqrt(-2 ln 2**-54) = 8.652 sigma.
 """
 
 import math
+from fractions import Fraction
 
 import numpy as np
 
@@ -138,6 +139,61 @@ def turn53(w0, w1):
     return (np.float64(np.int64(w0 >> U11)) * F64_2P32 + np.float64(np.int64(w1))) * F64_2M53
 
 
+# --- division by a constant ----------------------------------------------------------------
+# The series below divide z by 17 integer constants y: z / y, correctly rounded, is part of
+# the stream's definition. A target may compute that quotient without the divider, which
+# bounds the float64 normals on the CPU (fastgauss.cpu.random does, with FMAs):
+#
+#   q0 = RN(z h)   or, for DIV182 and DIV210,   q0 = RN(z h + RN(z l))   (one FMA)
+#   r  = z - q0 y        exact: RN(-q0 y + z), one FMA
+#   q  = RN(q0 + r h)    one FMA;  q = RN(z / y) for every z the series can see,
+#
+# with h = RN(1/y) and l = RN(1/y - h), the constants DIV<y> = (y, h) or (y, h, l).
+#
+# Markstein's theorem (P. Markstein, IBM J. Res. Dev. 34(1), 1990; Muller et al., Handbook
+# of Floating-Point Arithmetic, on division with an FMA): in binary floating-point arithmetic
+# of precision p (here 53) with round-to-nearest-even, for floating-point z and y != 0, if
+#   (i)  q0 is a faithful rounding of z/y (one of the two floats that enclose it), and
+#   (ii) h approximates 1/y with relative error less than 2**-p,
+# and nothing underflows or overflows, then r = z - q0 y is a floating-point number (so one
+# FMA gives it exactly) and RN(q0 + r h) = RN(z / y). (Markstein's own statement asks that q0
+# be within 1 ulp of z/y and h within 1/2 ulp of 1/y; both follow from (i) and (ii) here.)
+#
+# (ii): h = RN(1/y) is within 1/2 ulp of 1/y, relative error < 2**-53 since no y is a power
+# of two.
+# (i): q0 = RN(w), w = Q (1 + eps), Q = z / y. Lemma: |eps| <= 2**-54 makes RN(w) faithful.
+# Proof: let 2**e <= Q < 2**(e + 1), u = 2**(e - 52) the spacing of floats there; then
+# |w - Q| <= 2**-54 Q < u / 2. Above: w < Q + u/2 <= RU(Q) + u/2, at most the midpoint of RU(Q)
+# and the next float (spaced >= u), so RN(w) <= RU(Q). Below: if RD(Q) > 2**e, w > Q - u/2 >=
+# RD(Q) - u/2, the midpoint of RD(Q) and the float before it, so RN(w) >= RD(Q); if RD(Q) =
+# 2**e (where the floats below are spaced u/2), w >= Q (1 - 2**-54) >= 2**e - u/4, the midpoint
+# of 2**e and the float before it, and a tie goes to 2**e (even), so again RN(w) >= RD(Q). RN
+# is monotonic, so RN(w) is RD(Q) or RU(Q).  QED
+# One constant: w = z h exactly, eps = y h - 1, a constant. Its values, in units of 2**-54:
+#   y     6     12    20    21    30     42    56    72    90       110     132   156
+#   eps  -1    -1    +1    -1    -1/4   -1    -1    -1    +11/16   -7/8    +1/2  -5/8
+#   y    240   272   306     |  182      210
+#   eps  -1/4  -1/4  +35/64  |  +45/32   +13/8   (over 2**-54: these take the pair (h, l))
+# Two constants: w = z h + RN(z l) = Q (1 + eps), |eps| <= |y (h + l) - 1| + 2**-53 y |l|:
+#   0.95 2**-106 (182) and 1.07 2**-106 (210), far below 2**-54.
+# tests/test_division.py recomputes every bound with fractions.Fraction.
+# Domain: z = a a (sincos_turn64: a = 0 or |a| >= RN(2 pi) 2**-53) lies in {0} u [2**-102, 0.62],
+# and z = s s (log_unit64: s = 0 or |s| > 2**-55) in {0} u [2**-110, 0.03]: every quotient,
+# remainder and z l is far from the subnormals; z = 0 gives q0 = r = q = +0 = 0 / y.
+
+
+def divide(z, d):
+    """z / d[0], correctly rounded, for a constant d = DIV<y> (see above). Here: the division."""
+    return z / d[0]
+
+
+DIV6, DIV12, DIV20, DIV21, DIV30, DIV42, DIV56, DIV72, DIV90, DIV110, DIV132, DIV156, DIV240, DIV272, DIV306 = (
+    (float(y), 1 / y) for y in (6, 12, 20, 21, 30, 42, 56, 72, 90, 110, 132, 156, 240, 272, 306)
+)  # (y, RN(1/y)): Python's int / int is correctly rounded
+# (y, h, RN(1/y - h)): Fraction's float() is correctly rounded too
+DIV182, DIV210 = ((float(y), 1 / y, float(Fraction(1, y) - Fraction(1 / y))) for y in (182, 210))
+
+
 # --- log on (0, 1] --------------------------------------------------------------------
 # x is scaled by powers of two into [sqrt(1/2), sqrt(2)) with selects (x * 2**k is
 # exact), then log(x) = 2 atanh(s), s = (x - 1) / (x + 1), |s| <= 0.1716, by its series.
@@ -197,7 +253,7 @@ def log_unit64(x):
     x, e = scale_step(x, e, (0.70710678118654752, 2.0, 1.0))
     s = (x - 1.0) / (x + 1.0)
     z = s * s
-    series = 1.0 + z * (1 / 3 + z * (1 / 5 + z * (1 / 7 + z * (1 / 9 + z * (1 / 11 + z * (1 / 13 + z * (1 / 15 + z * (1 / 17 + z * (1 / 19 + z / 21)))))))))
+    series = 1.0 + z * (1 / 3 + z * (1 / 5 + z * (1 / 7 + z * (1 / 9 + z * (1 / 11 + z * (1 / 13 + z * (1 / 15 + z * (1 / 17 + z * (1 / 19 + divide(z, DIV21))))))))))
     return e * LN2_HI64 + (e * LN2_LO64 + 2.0 * s * series)
 
 
@@ -235,8 +291,8 @@ def sincos_turn64(u):
     q = np.int32(u * 4.0 + 0.5)
     a = (u - q * 0.25) * (2 * math.pi)
     z = a * a
-    sin_a = a * (1.0 - z / 6 * (1.0 - z / 20 * (1.0 - z / 42 * (1.0 - z / 72 * (1.0 - z / 110 * (1.0 - z / 156 * (1.0 - z / 210 * (1.0 - z / 272))))))))
-    cos_a = 1.0 - z / 2 * (1.0 - z / 12 * (1.0 - z / 30 * (1.0 - z / 56 * (1.0 - z / 90 * (1.0 - z / 132 * (1.0 - z / 182 * (1.0 - z / 240 * (1.0 - z / 306))))))))
+    sin_a = a * (1.0 - divide(z, DIV6) * (1.0 - divide(z, DIV20) * (1.0 - divide(z, DIV42) * (1.0 - divide(z, DIV72) * (1.0 - divide(z, DIV110) * (1.0 - divide(z, DIV156) * (1.0 - divide(z, DIV210) * (1.0 - divide(z, DIV272)))))))))
+    cos_a = 1.0 - z / 2 * (1.0 - divide(z, DIV12) * (1.0 - divide(z, DIV30) * (1.0 - divide(z, DIV56) * (1.0 - divide(z, DIV90) * (1.0 - divide(z, DIV132) * (1.0 - divide(z, DIV182) * (1.0 - divide(z, DIV240) * (1.0 - divide(z, DIV306)))))))))
     return _quadrant(sin_a, cos_a, q)
 
 

@@ -6,6 +6,7 @@ Same scalar code as the CPU (fastgauss._device.random), same stream layout
 
 import numpy as np
 from numba import cuda
+from numba.core import config
 
 from fastgauss import _device
 from fastgauss._checks import shape_dtype
@@ -13,7 +14,26 @@ from fastgauss._device import random as _random
 from fastgauss._plans.stream import kernel_state, values_per_block
 from fastgauss.cuda import THREADS, as_flat, launch_stream, to_device
 
-_d = _device.compile_for(cuda.jit(device=True), _random)
+
+def _overrides():
+    """On a GPU, fastgauss._device.random.divide is the CPU's multiply-and-FMA quotient (the same
+    bits as z / y: the proof is in fastgauss._device.random) instead of the division's instruction
+    sequence; the simulator has no cuda.fma and divides."""
+    if config.ENABLE_CUDASIM:
+        return {}
+
+    @cuda.jit(device=True)
+    def divide(z, d):
+        if len(d) == 2:  # a constant: the other branch is pruned
+            q = z * d[1]
+        else:
+            q = cuda.fma(z, d[1], z * d[2])
+        return cuda.fma(cuda.fma(-q, d[0], z), d[1], q)
+
+    return {"divide": divide}
+
+
+_d = _device.compile_for(cuda.jit(device=True), _random, overrides=_overrides())
 _block = _d.block
 _box_muller32 = _d.box_muller32
 _box_muller64 = _d.box_muller64
