@@ -570,7 +570,7 @@ def mvn_sample_vjp(cotangent, mean, cov, scale_tril, batch, noise, *, stream, gr
         out = _matrices(grad_matrix, dtype) if grad_matrix is not None and direct else np.empty((0, d, d), dtype)
         partials = np.empty((count, parts, d, d) if grad_matrix is not None and not direct else (0, 1, d, d))
         codes = np.zeros(count, np.int32)
-        mat = _matrices(matrix, np.float64)
+        mat = _matrices(matrix, dtype)  # read in its own dtype (factored in float64): no float64 copy of every matrix
         launch(
             _sample_vjp_kernel, cot, mat, cov is not None, noise_flat, generate, state, shape, kept, per_element, parts,
             per_chunk(count * parts), grad_matrix is not None, grad_noise is not None, noise_target, partials, out, codes,
