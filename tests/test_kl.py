@@ -734,7 +734,7 @@ def test_exp_within_1_ulp_and_the_same_from_both_sources(dtype):
     assert np.array_equal(portable, cpu)  # 2**n is exact either way
     exact = np.exp(x.astype(np.longdouble))
     normal = exact >= np.finfo(dtype).tiny
-    assert ulp_error(cpu[normal], exact[normal], dtype).max() <= 1.0  # measured 0.99 (float32) / 0.96 (float64)
+    assert ulp_error(cpu[normal], exact[normal], dtype).max() <= 1.0  # measured 0.98 (float32) / 1.00 (float64)
     specials = np.array([np.inf, -np.inf, np.nan, top + 2, -top - 40], dtype)
     got = _apply(_cpu_functions().exp)(specials)
     assert got[0] == np.inf and got[1] == 0 and np.isnan(got[2]) and got[3] == np.inf and got[4] == 0
@@ -748,7 +748,7 @@ def test_exp_excess_within_16_ulp(dtype):
     xl = x.astype(np.longdouble)
     series = xl**2 / 2 + xl**3 / 6 + xl**4 / 24 + xl**5 / 120 + xl**6 / 720  # exact to < 1e-22 for |x| < 1e-3
     exact = np.where(np.abs(xl) < 1e-3, series, np.expm1(xl) - xl)
-    assert ulp_error(got, exact, dtype).max() <= 16  # measured 13.4 (float32) / 7 (float64), near |x| = 0.35
+    assert ulp_error(got, exact, dtype).max() <= 16  # measured 13.5 (float32) / 15 (float64), near |x| = 0.39
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -757,6 +757,6 @@ def test_log_unit_within_3_ulp(dtype):
     x = np.concatenate([np.exp2(-rng.uniform(0, 41, 400_000)), [1.0, 1e-12, 0.5, 0.70710677, 0.70710683]]).astype(dtype)
     got = _apply(_cpu_functions().log_unit)(x)
     portable = _apply(PORTABLE.log_unit)(x)
-    assert ulp_error(got, np.log(x.astype(np.longdouble)), dtype).max() <= 3  # measured 2.3 / 2.5
+    assert ulp_error(got, np.log(x.astype(np.longdouble)), dtype).max() <= 3  # measured 2.3 / 2.0
     assert ulp_error(portable, np.log(x.astype(np.longdouble)), dtype).max() <= 3
     assert got[-5] == 0.0 and np.isnan(_apply(_cpu_functions().log_unit)(np.array([np.nan], dtype))[0])
