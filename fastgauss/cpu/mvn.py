@@ -391,12 +391,15 @@ def _reduce_kernel(src, shape, kept, per_element, per_chunk, partials):
 
 @numba.njit(parallel=True, **KERNEL)
 def _sample_vjp_kernel(
-    cot, mat, factor, noise, generate, state, shape, kept, per_element, parts, per_chunk, want_matrix, want_noise, grad_noise, partials, out, status
+    cot, mat, factor, noise, generate, state, shape, kept, per_element, parts, per_chunk, dims, want_matrix, want_noise, grad_noise,
+    partials, out, status
 ):
     """Item (c, p): matrix c's factor, and over segment p of its preimage (vectors n):
     G = sum tril(g_n eps_n^T) and grad_noise_n = L^T g_n. With one segment, out[c] = the matrix
-    gradient (factor: covariance, reversed; else the factor's); else partials[c, p] = G."""
-    count, d = mat.shape[0], mat.shape[1]
+    gradient (factor: covariance, reversed; else the factor's); else partials[c, p] = G.
+    dims: d known at compile time (see ``dims``), so the per-matrix loops unroll."""
+    count = mat.shape[0]
+    d = len(dims) if len(dims) else mat.shape[1]
     items = count * parts
     nd = shape.size
     for chunk in numba.prange((items + per_chunk - 1) // per_chunk):
@@ -573,7 +576,7 @@ def mvn_sample_vjp(cotangent, mean, cov, scale_tril, batch, noise, *, stream, gr
         mat = _matrices(matrix, dtype)  # read in its own dtype (factored in float64): no float64 copy of every matrix
         launch(
             _sample_vjp_kernel, cot, mat, cov is not None, noise_flat, generate, state, shape, kept, per_element, parts,
-            per_chunk(count * parts), grad_matrix is not None, grad_noise is not None, noise_target, partials, out, codes,
+            per_chunk(count * parts), dims(d), grad_matrix is not None, grad_noise is not None, noise_target, partials, out, codes,
         )
         if cov is not None:
             status["cov"] = summarize(codes)
