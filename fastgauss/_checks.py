@@ -63,13 +63,18 @@ def launch_stream():
 
 
 @contextlib.contextmanager
-def use_stream(value):
-    """Within the block (this thread or task), kernels launch on the Numba stream ``value``."""
-    token = _stream.set(value)
+def _setting(variable, value):
+    """Within the block (this thread or task), the context variable ``variable`` is ``value``."""
+    token = variable.set(value)
     try:
         yield
     finally:
-        _stream.reset(token)
+        variable.reset(token)
+
+
+def use_stream(value):
+    """Within the block (this thread or task), kernels launch on the Numba stream ``value``."""
+    return _setting(_stream, value)
 
 
 def to_host(x):
@@ -237,14 +242,9 @@ def _timestep_scalar(value, num_timesteps, name, low=0):
 _host_allocator = contextvars.ContextVar("fastgauss_host_allocator", default=None)
 
 
-@contextlib.contextmanager
 def host_allocator(allocate):
     """Within the block, host results that ``output`` allocates come from ``allocate(shape, dtype)``."""
-    token = _host_allocator.set(allocate)
-    try:
-        yield
-    finally:
-        _host_allocator.reset(token)
+    return _setting(_host_allocator, allocate)
 
 
 def output(out, shape, dtype, like, inputs, name="out"):

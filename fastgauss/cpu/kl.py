@@ -29,8 +29,6 @@ added in chunk order. The summation order is a function of the shape alone: resu
 are bitwise identical for any number of threads and on any x86-64 ISA level.
 """
 
-import types as pytypes
-
 import numba
 import numpy as np
 from llvmlite import ir
@@ -198,14 +196,10 @@ def _atanh_series_impl(z, c):
     return lambda z, c: _kl_atanh_series(z, c)
 
 
-def _float64_form(function):
-    """The portable Horner form of fastgauss._device.kl, calling this target's fma."""
-    clone = pytypes.FunctionType(function.__code__, dict(vars(_kl), fma=_fma), function.__name__)
-    return numba.njit(error_model="numpy", forceinline=True)(clone)
-
-
-_kl_taylor = _float64_form(_kl.taylor)
-_kl_atanh_series = _float64_form(_kl.atanh_series)
+# the portable Horner forms (float64's degree), calling this target's fma
+_portable = _device.compile_for(numba.njit(error_model="numpy", forceinline=True), _kl, overrides={"fma": _fma})
+_kl_taylor = _portable.taylor
+_kl_atanh_series = _portable.atanh_series
 
 
 _d = _device.compile_for(numba.njit(error_model="numpy", forceinline=True), _kl, overrides=CPU_VERSIONS)

@@ -376,36 +376,34 @@ def _per_sample(op, index, inputs, constants, dtype, shape, reduce):
 
 
 class _PerSample:
-    """op(..., reduce=reduce) on one block (prior_bpd: op itself), shaped (b, 1, ..., 1)."""
+    """op(..., reduce=reduce) on one block (prior_bpd, which has no reduce: op itself), shaped
+    (b, 1, ..., 1) like the block's rank."""
 
     def __init__(self, op, reduce):
-        self.op, self.__name__ = op, op.__name__
-        self.reduce = reduce if "reduce" in inspect.signature(op).parameters else None
+        self.op, self.__name__, self.reduce = op, op.__name__, reduce
+        self.sums = "reduce" in inspect.signature(op).parameters
+
+    def values(self, kwargs, ndim):
+        return self.op(**dict(kwargs, reduce=self.reduce)) if self.sums else self.op(**kwargs)
 
     def __call__(self, **kwargs):
         ndim = max((v.ndim for v in kwargs.values() if isinstance(v, np.ndarray)), default=0)
-        result = self.op(**dict(kwargs, reduce=self.reduce)) if self.reduce else self.op(**kwargs)
+        result = self.values(kwargs, ndim)
         return result.reshape(result.shape + (1,) * (ndim - 1))
 
 
-class _PartialSums:
-    """op(..., reduce="sum") on one block, shaped (b, 1, ..., 1) like the block's rank. An op
-    without reduce (prior_bpd) gives per-sample means: times the block's elements per sample."""
+class _PartialSums(_PerSample):
+    """op(..., reduce="sum") on one block, shaped (b, 1, ..., 1). An op without reduce
+    (prior_bpd) gives per-sample means: times the block's elements per sample, in float64."""
 
     def __init__(self, op):
-        self.op = op
-        self.__name__ = op.__name__
-        self.sums = "reduce" in inspect.signature(op).parameters
+        super().__init__(op, "sum")
 
-    def __call__(self, **kwargs):
-        arrays = [v for k, v in kwargs.items() if isinstance(v, np.ndarray)]
-        ndim = max((a.ndim for a in arrays), default=0)
+    def values(self, kwargs, ndim):
         if self.sums:
-            sums = self.op(**dict(kwargs, reduce="sum"))
-        else:
-            elements = max((_checks.size(a.shape[1:]) for a in arrays if a.ndim == ndim), default=1)
-            sums = np.asarray(self.op(**kwargs), np.float64) * elements
-        return sums.reshape(sums.shape + (1,) * (ndim - 1))
+            return super().values(kwargs, ndim)
+        elements = max((_checks.size(v.shape[1:]) for v in kwargs.values() if isinstance(v, np.ndarray) and v.ndim == ndim), default=1)
+        return np.asarray(self.op(**kwargs), np.float64) * elements
 
 
 # --- mvn: the trailing d (and d x d) axes in one chunk ----------------------------------------------
