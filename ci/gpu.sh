@@ -11,7 +11,8 @@ unset NUMBA_ENABLE_CUDASIM
 
 status=0
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt" || status=1
-python -m pytest -q -p no:cacheprovider 2>&1 | tee "$out/tests.txt"
+# one process (-o addopts: no pytest-xdist workers, which this machine may not have installed)
+python -m pytest -q -p no:cacheprovider -o addopts=-ra 2>&1 | tee "$out/tests.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 python -m fastgauss --json "$out/main.json" 2>&1 | tee "$out/main.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1

@@ -10,6 +10,9 @@ conftest.py installs ``record()`` for the session: every launch of a ``@cuda.jit
   to a JSON file (``encode``), which the harness reads back (``decode``) in a process
   without the simulator and compiles with the real numba-cuda target.
 
+Under pytest-xdist each worker records its own launches and sends them (``entries``, JSON-able)
+to the controller, which merges them (``merge``) before it checks and writes.
+
 Nothing here changes what a kernel does: the wrapper records the types and calls the
 original launch.
 """
@@ -19,6 +22,7 @@ import json
 import pkgutil
 
 LAUNCHES = {}  # (module, kernel) -> set of argument-type tuples (numba types)
+MERGED = []  # entries() sent by pytest-xdist workers (the controller launches nothing itself)
 
 
 def kernels():
@@ -116,17 +120,30 @@ def describe(argtypes):
     return "(" + ", ".join(str(t) for t in argtypes) + ")"
 
 
-def write(path):
-    """Write LAUNCHES, plus the list of all kernels, as JSON."""
-    entries = [
+def entries():
+    """This process's launches and those merged from workers: JSON-able dicts, one per (kernel,
+    signature), sorted."""
+    mine = [
         {"module": module, "kernel": name, "args": [encode(t) for t in sig], "signature": describe(sig)}
-        for (module, name), sigs in sorted(LAUNCHES.items())
-        for sig in sorted(sigs, key=describe)
+        for (module, name), sigs in LAUNCHES.items()
+        for sig in sigs
     ]
+    unique = {(e["module"], e["kernel"], e["signature"]): e for e in mine + MERGED}
+    return [unique[key] for key in sorted(unique)]
+
+
+def merge(worker_entries):
+    """Add the ``entries()`` of a pytest-xdist worker to this (controller) process's record."""
+    MERGED.extend(worker_entries)
+
+
+def write(path):
+    """Write every recorded launch, plus the list of all kernels, as JSON."""
     with open(path, "w") as f:
-        json.dump({"kernels": sorted(f"{m}.{n}" for m, n in kernels()), "launches": entries}, f, indent=1)
+        json.dump({"kernels": sorted(f"{m}.{n}" for m, n in kernels()), "launches": entries()}, f, indent=1)
 
 
 def unlaunched():
     """Kernels of fastgauss.cuda that no launch recorded this session: sorted 'module.name'."""
-    return sorted(f"{m}.{n}" for m, n in kernels() if (m, n) not in LAUNCHES)
+    launched = {(e["module"], e["kernel"]) for e in entries()}
+    return sorted(f"{m}.{n}" for m, n in kernels() if (m, n) not in launched)

@@ -23,6 +23,11 @@ def _gpu_present():
     return False
 
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers share the cores: OpenMP threads (Numba's omp layer, torch) that spin while
+    # they wait for work would take a core from the other worker's compilation.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 if "NUMBA_ENABLE_CUDASIM" not in os.environ and not _gpu_present():
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
 
@@ -105,8 +110,21 @@ def _full_run(session):
     )
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """pytest-xdist controller: take in what a worker recorded (see pytest_sessionfinish)."""
+    output = getattr(node, "workeroutput", {})
+    _cuda_launches.merge(output.get("cuda_launches", []))
+    _deselected.extend([None] * output.get("deselected", 0))
+
+
 def pytest_sessionfinish(session, exitstatus):
     if not CUDA_USABLE:
+        return
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # a pytest-xdist worker: the controller checks and writes
+        workeroutput["cuda_launches"] = _cuda_launches.entries()
+        workeroutput["deselected"] = len(_deselected)
         return
     path = os.environ.get("FASTGAUSS_KERNEL_LAUNCHES")
     if path:
