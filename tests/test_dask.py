@@ -325,19 +325,30 @@ def test_all_results_of_a_tuple_op_run_it_once_per_block(monkeypatch):
 
         return wrapped
 
-    monkeypatch.setattr(fastgauss.mvn, "implementation", counting(fastgauss.mvn.implementation))
-    monkeypatch.setattr(fastgauss.kl, "implementation", counting(fastgauss.kl.implementation))
+    for module in (fastgauss.mvn, fastgauss.kl, fastgauss.diffusion):
+        monkeypatch.setattr(module, "implementation", counting(module.implementation))
     mean, cov = gaussians((6,), 3, 14)
     x = data(np.float64)
+    x_d = da.from_array(x, chunks=(2, 3, 5))  # 4 blocks
     built = {
         "kalman_update": fastgauss.kalman_update(rows(mean, 2), cov, np.eye(3)[:2], np.eye(2), np.ones((6, 2))),  # 3 blocks
-        "normal_product": fastgauss.normal_product(da.from_array(x, chunks=(2, 3, 5)), 0.0, x, 0.0),  # 4 blocks
+        "normal_product": fastgauss.normal_product(x_d, 0.0, x, 0.0),
+        "q_sample": fastgauss.q_sample(x_d, T, SCHEDULE, rng=fresh(), return_noise=True),
+        "ddpm_step": fastgauss.ddpm_step(x_d, x_d, T, SCHEDULE, rng=fresh(), return_x0=True),
+        "ddim_step": fastgauss.ddim_step(x_d, x_d, T, T - 1, SCHEDULE, return_x0=True),
+    }
+    in_memory = {
+        "q_sample": fastgauss.q_sample(x, T, SCHEDULE, rng=fresh(), return_noise=True),
+        "ddpm_step": fastgauss.ddpm_step(x, x, T, SCHEDULE, rng=fresh(), return_x0=True),
+        "ddim_step": fastgauss.ddim_step(x, x, T, T - 1, SCHEDULE, return_x0=True),
     }
     for op, results in built.items():
         for scheduler in ("synchronous", "threads"):
             launches.clear()
-            dask.compute(*results, scheduler=scheduler)
+            computed = dask.compute(*results, scheduler=scheduler)
             assert launches == [op] * results[0].npartitions, (op, scheduler, launches)
+            for got, want in zip(computed, in_memory.get(op, ())):
+                np.testing.assert_array_equal(got, want, err_msg=op)
 
 
 def test_algebra_needs_each_arguments_trailing_axes_in_one_chunk():

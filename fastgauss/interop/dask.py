@@ -26,10 +26,10 @@ KL, OBJECTIVE, MVN, ALGEBRA) names their array arguments and how they are laid o
   (fastgauss._plans.stream.BlockStream), so the result is bitwise the in-memory call's
   for any chunking, scheduler and number of workers.
 - ``out=`` is not supported (the result is a new lazy array). An op whose result is a
-  tuple (normal_product and the Gaussian algebra) is one blockwise of result tuples, each
-  item a lazy array picked from it: ``dask.compute(*items)`` runs the op once per block.
-  The older tuple results (return_noise, return_x0, q_posterior) are each their own graph:
-  computing two of them runs the op twice per block.
+  tuple (normal_product, the Gaussian algebra, return_noise, return_x0) is one blockwise of
+  result tuples, each item a lazy array picked from it: ``dask.compute(*items)`` runs the op
+  once per block. q_posterior's variance and log variance are per-sample tables, computed
+  from t alone (tiny), apart from the mean.
 - Not adapted: nll_bpd (it calls a model; it raises a TypeError for a Dask x0) and vjp.
 """
 
@@ -174,12 +174,12 @@ def _blockwise(op, out_index, inputs, constants, dtype, stream=None, pick=None, 
     )
 
 
-def _tuple(op, out_index, inputs, constants, items):
+def _tuple(op, out_index, inputs, constants, items, stream=None):
     """An op whose result is a tuple: ONE blockwise whose blocks are the tuples, and one lazy
     array per item picked from it, so that computing several items runs op once per block.
     ``items``: (trailing shape, dtype) of each item, which adds its own trailing axes (one chunk)
-    to the axes ``out_index``."""
-    tuples = _blockwise(op, out_index, inputs, constants, np.dtype(object))
+    to the axes ``out_index``. ``stream``: as for _blockwise."""
+    tuples = _blockwise(op, out_index, inputs, constants, np.dtype(object), stream)
     out_index = tuple(out_index)
     results = []
     for i, (tail, dtype) in enumerate(items):
@@ -263,11 +263,9 @@ def _diffusion(op, params):
         constants["rng"] = None  # ddim_step with eta = 0 draws nothing: the in-memory call does not advance rng
     if name == "q_posterior":
         return _q_posterior(op, inputs, constants, dtype, index, shape, schedule)
-    picks = [None]
-    if params.get("return_noise") or params.get("return_x0"):
-        picks = [0, 1]
-    results = [_blockwise(op, index, inputs, constants, dtype, stream, pick) for pick in picks]
-    return results[0] if picks == [None] else tuple(results)
+    if params.get("return_noise") or params.get("return_x0"):  # (x_t, noise) or (x_prev, x0)
+        return _tuple(op, index, inputs, constants, [((), dtype), ((), dtype)], stream)
+    return _blockwise(op, index, inputs, constants, dtype, stream)
 
 
 def _same_shape(params, present, first, schedule):
