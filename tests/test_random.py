@@ -241,6 +241,47 @@ def test_log64_within_3_ulp_on_its_whole_domain():
     assert ulp_error(got, x).max() <= 3
 
 
+# The CPU reads the log's range reduction from the exponent field (fastgauss.cpu.random's
+# _reduce_unit); the portable steps are the definition: the same (m, e), bit for bit.
+PORTABLE = fastgauss._device.compile_for(numba.njit(error_model="numpy"), fastgauss._device.random)
+PORTABLE_REDUCE32, PORTABLE_REDUCE64 = PORTABLE.reduce_unit32, PORTABLE.reduce_unit64
+CPU_REDUCE32, CPU_REDUCE64 = DEVICE.reduce_unit32, DEVICE.reduce_unit64
+
+
+@numba.njit(error_model="numpy", parallel=True)
+def _reduce_mismatches32(first_bits, last_bits):
+    """How many float32 x with bits in [first_bits, last_bits] reduce differently."""
+    mismatches = 0
+    for i in numba.prange(last_bits - first_bits + 1):
+        x = np.int32(first_bits + i).view(np.float32)
+        m, e = PORTABLE_REDUCE32(x)
+        m_cpu, e_cpu = CPU_REDUCE32(x)
+        if m != m_cpu or e != e_cpu:
+            mismatches += 1
+    return mismatches
+
+
+@numba.njit(error_model="numpy")
+def _reduce64(x, m, e, cpu):
+    for i in range(x.size):
+        m[i], e[i] = CPU_REDUCE64(x[i]) if cpu else PORTABLE_REDUCE64(x[i])
+
+
+def test_cpu_range_reduction_is_the_portable_one_bit_for_bit():
+    """Every float32 in [2**-64, 1] (5.4e8 values), and float64 log-uniform samples plus the edges of
+    every binade (powers of two, sqrt(1/2) times them and their neighbours)."""
+    first, last = np.float32(2.0**-64).view(np.int32), np.float32(1.0).view(np.int32)
+    assert _reduce_mismatches32(int(first), int(last)) == 0
+    sqrt_half = fastgauss._device.random.SQRT_HALF64
+    edges = [2.0**-k * f for k in range(64) for f in (1.0, sqrt_half, 2 * sqrt_half, np.nextafter(2 * sqrt_half, 0), np.nextafter(2 * sqrt_half, 2))]
+    x = np.concatenate([np.exp2(-np.random.default_rng(3).uniform(0, 64, 2_000_000)), [v for v in edges if 2.0**-64 <= v <= 1]])
+    results = [np.empty_like(x) for _ in range(4)]
+    _reduce64(x, results[0], results[1], True)
+    _reduce64(x, results[2], results[3], False)
+    np.testing.assert_array_equal(results[0], results[2])
+    np.testing.assert_array_equal(results[1], results[3])
+
+
 @pytest.mark.parametrize("bits, bound", [(32, 2.0**-23), (64, 2.0**-50)])
 def test_sincos_of_turns_on_their_whole_domain(bits, bound):
     if bits == 32:  # every angle the float32 stream can produce: k * 2**-24

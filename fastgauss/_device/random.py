@@ -201,6 +201,7 @@ DIV182, DIV210 = ((float(y), 1 / y, float(Fraction(1, y) - Fraction(1 / y))) for
 LN2_HI32 = np.float32(0.693145751953125)  # few bits, so e * LN2_HI32 is exact
 LN2_LO32 = np.float32(1.4286067653302226e-06)
 SQRT_HALF32 = np.float32(0.70710678118654752)
+SQRT_HALF64 = 0.70710678118654752
 ONE32 = np.float32(1.0)
 TWO32 = np.float32(2.0)
 LN2_HI64 = 0.6931471803691238  # 2**-1 * 1.3862943607382476, low bits cleared
@@ -225,8 +226,10 @@ S32_0, S32_1, S32_2, S32_3, S32_4, S32_5 = STEPS32
 S64_0, S64_1, S64_2, S64_3, S64_4, S64_5 = STEPS64
 
 
-def log_unit32(x):
-    """Natural log of float32 x in [2**-64, 1]."""
+def reduce_unit32(x):
+    """(m, e), x = m 2**e with m in [SQRT_HALF32, 2 SQRT_HALF32) and e an integer (as float32), for
+    float32 x in [2**-64, 1]. Every step is exact, so (m, e) is the one such pair: a target may
+    read it from x's exponent field instead (fastgauss.cpu.random does), with the same bits."""
     e = np.float32(0.0)
     x, e = scale_step(x, e, S32_0)
     x, e = scale_step(x, e, S32_1)
@@ -234,7 +237,24 @@ def log_unit32(x):
     x, e = scale_step(x, e, S32_3)
     x, e = scale_step(x, e, S32_4)
     x, e = scale_step(x, e, S32_5)
-    x, e = scale_step(x, e, (SQRT_HALF32, TWO32, ONE32))
+    return scale_step(x, e, (SQRT_HALF32, TWO32, ONE32))
+
+
+def reduce_unit64(x):
+    """reduce_unit32 for float64 x in [2**-64, 1]: m in [sqrt(1/2), 2 sqrt(1/2)) (float64's constant)."""
+    e = 0.0
+    x, e = scale_step(x, e, S64_0)
+    x, e = scale_step(x, e, S64_1)
+    x, e = scale_step(x, e, S64_2)
+    x, e = scale_step(x, e, S64_3)
+    x, e = scale_step(x, e, S64_4)
+    x, e = scale_step(x, e, S64_5)
+    return scale_step(x, e, (SQRT_HALF64, 2.0, 1.0))
+
+
+def log_unit32(x):
+    """Natural log of float32 x in [2**-64, 1]."""
+    x, e = reduce_unit32(x)
     s = (x - ONE32) / (x + ONE32)
     z = s * s
     series = ONE32 + z * (np.float32(1 / 3) + z * (np.float32(1 / 5) + z * (np.float32(1 / 7) + z * np.float32(1 / 9))))
@@ -243,14 +263,7 @@ def log_unit32(x):
 
 def log_unit64(x):
     """Natural log of float64 x in [2**-64, 1]."""
-    e = 0.0
-    x, e = scale_step(x, e, S64_0)
-    x, e = scale_step(x, e, S64_1)
-    x, e = scale_step(x, e, S64_2)
-    x, e = scale_step(x, e, S64_3)
-    x, e = scale_step(x, e, S64_4)
-    x, e = scale_step(x, e, S64_5)
-    x, e = scale_step(x, e, (0.70710678118654752, 2.0, 1.0))
+    x, e = reduce_unit64(x)
     s = (x - 1.0) / (x + 1.0)
     z = s * s
     series = 1.0 + z * (1 / 3 + z * (1 / 5 + z * (1 / 7 + z * (1 / 9 + z * (1 / 11 + z * (1 / 13 + z * (1 / 15 + z * (1 / 17 + z * (1 / 19 + divide(z, DIV21))))))))))

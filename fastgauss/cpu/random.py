@@ -13,6 +13,7 @@ non-zero start keeps Numba's negative-index check and runs 10x slower.
 
 import numba
 import numpy as np
+from numba import types
 from numba.core.codegen import get_host_cpu_features
 from numba.extending import overload
 from numba.np.numpy_support import as_dtype
@@ -21,7 +22,7 @@ from fastgauss import _device
 from fastgauss._device import random as _random
 from fastgauss._plans.stream import kernel_state, values_per_block as _values_per_block_of
 from fastgauss.cpu import launch, prefer_wide_vectors
-from fastgauss.cpu.kl import _fma
+from fastgauss.cpu.kl import _fma, _reinterpret
 
 
 # Division by a constant without the divider: fastgauss._device.random's divide by Markstein's
@@ -66,7 +67,43 @@ def _divide_impl(z, d):
     return two_constants
 
 
-_d = _device.compile_for(numba.njit(error_model="numpy", forceinline=True), _random, overrides={"divide": _divide})
+# The log's range reduction from the exponent field: fastgauss._device.random's reduce_unit32/64
+# scale x by powers of two with six compare-and-select steps (the GPU runs those); the pair
+# (m, e) they reach is unique and exact, so reading it from x's bits gives the same values
+# with a few vector instructions (tests/test_random.py compares the two on every float32).
+
+
+def _reduce_unit(x):
+    """(m, e), x = m 2**e with m in [sqrt(1/2), 2 sqrt(1/2)) (the dtype's constant), e integral, for
+    x in [2**-64, 1] (normal): fastgauss._device.random.reduce_unit32 / reduce_unit64."""
+
+
+@overload(_reduce_unit, inline="always", jit_options=dict(error_model="numpy"))
+def _reduce_unit_impl(x):
+    if x == types.float32:
+        real, integer, shift, bias, mask, one = np.float32, np.int32, 23, 127, 0x7FFFFF, 0x3F800000
+        limit = np.float32(2) * _random.SQRT_HALF32
+    else:
+        real, integer, shift, bias, mask, one = np.float64, np.int64, 52, 1023, 0x000FFFFFFFFFFFFF, 0x3FF0000000000000
+        limit = 2.0 * _random.SQRT_HALF64
+    shift, bias, mask, one = integer(shift), integer(bias), integer(mask), integer(one)
+    half, unit = real(0.5), real(1.0)
+
+    def impl(x):
+        bits = _reinterpret(x)
+        m = _reinterpret(integer((bits & mask) | one))  # x's mantissa, in [1, 2)
+        e = real(integer(bits >> shift) - bias)
+        big = m >= limit
+        return (m * half if big else m), (e + unit if big else e)
+
+    return impl
+
+
+_d = _device.compile_for(
+    numba.njit(error_model="numpy", forceinline=True),
+    _random,
+    overrides={"divide": _divide, "reduce_unit32": _reduce_unit, "reduce_unit64": _reduce_unit},
+)
 _block = _d.block
 _box_muller32 = _d.box_muller32
 _box_muller64 = _d.box_muller64
