@@ -15,7 +15,7 @@ from fastgauss._checks import empty_like_library, from_host_like, launch_stream,
 
 _cache.install(CacheImpl)  # before any kernel is defined: cached kernels follow _device/ edits
 
-THREADS = 256  # threads per block
+THREADS = 256  # threads per block (block_size launches fewer for a small problem)
 MAX_GRID_X = 1024  # blocks per row: enough to fill a GPU; a grid-stride loop covers the rest
 MAX_GRID_Y = 65535  # CUDA's limit for gridDim.y
 
@@ -49,6 +49,15 @@ def as_flat(name, a):
         raise ValueError(f"{name}: non-contiguous CUDA arrays are not supported; pass a C-contiguous array") from exc
 
 
-def grid(rows, width, threads=THREADS):
+def block_size(count, threads=THREADS):
+    """Threads per block for ``count`` items: ``threads``, or for fewer items the smallest power of
+    two (at least a warp, 32) that covers them, so a small problem does not launch idle threads."""
+    return max(1, min(threads, max(32, 1 << (max(count, 1) - 1).bit_length())))
+
+
+def grid(rows, width, threads=None):
+    """(blocks, threads) for a (rows, width) kernel: block y = row, a grid-stride loop along x.
+    ``threads``: the block size (default: block_size(width))."""
+    threads = block_size(width) if threads is None else threads
     blocks_x = max(1, min(-(-width // threads), MAX_GRID_X))
     return (blocks_x, min(rows, MAX_GRID_Y)), threads

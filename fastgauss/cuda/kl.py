@@ -22,7 +22,7 @@ from numba.core import config
 
 from fastgauss import _checks, _device
 from fastgauss._device import kl as _kl
-from fastgauss.cuda import THREADS, _numba_view, as_flat, grid, launch_stream, to_device
+from fastgauss.cuda import THREADS, _numba_view, as_flat, block_size, grid, launch_stream, to_device
 
 
 
@@ -147,8 +147,8 @@ def _materialize(name, a, shape, target_shape, dtype):
         step *= n
     count = _checks.size(shape)
     out = cuda.device_array(count, dtype)
-    blocks = max(1, min(-(-count // THREADS), 4096))
-    _gather[blocks, THREADS, launch_stream()](
+    threads = block_size(count)
+    _gather[max(1, min(-(-count // threads), 4096)), threads, launch_stream()](
         source, to_device(np.array(strides or [0], np.int64)), to_device(np.array(shape or (1,), np.int64)), out
     )
     return out.reshape(target_shape)
@@ -191,8 +191,8 @@ def nothing_to_compute(out, rows, width, reduce):
     return True
 
 
-def _run(op, names, arrays, extra, shape, reduce, out, threads=THREADS):
-    """``threads`` (at most THREADS): the block size of the main kernel (tests use others)."""
+def _run(op, names, arrays, extra, shape, reduce, out, threads=None):
+    """``threads`` (at most THREADS): the block size of the main kernel (default: grid's; tests use others)."""
     dtype = _checks.shape_dtype(out)[1]
     rows = shape[0] if len(shape) else 1
     width = _checks.size(shape[1:])
@@ -213,7 +213,7 @@ def _run(op, names, arrays, extra, shape, reduce, out, threads=THREADS):
         return
     partials = cuda.device_array((rows, blocks[0]), np.float64)
     _partials[blocks, threads, launch_stream()](OPS[op], *operands, extra, c, width, partials)
-    _combine[max(1, min(-(-rows // THREADS), 4096)), THREADS, launch_stream()](partials, width, reduce == "mean", as_flat("out", out_view))
+    _combine[max(1, min(-(-rows // THREADS), 4096)), block_size(rows), launch_stream()](partials, width, reduce == "mean", as_flat("out", out_view))
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2, *, shape, reduce, out):
@@ -329,7 +329,7 @@ def _reduce_into(name, full, shape, grad):
         step *= n
     out = as_flat(name, grad)
     as_array = lambda values: to_device(np.array(values or (1,), np.int64))  # noqa: E731
-    _sum_to[max(1, min(out.size, 4096)), THREADS, launch_stream()](
+    _sum_to[max(1, min(out.size, 4096)), block_size(full.size // max(out.size, 1)), launch_stream()](
         full.reshape(full.size), as_array(kept), as_array(summed), as_array(strides), out
     )
 

@@ -19,7 +19,7 @@ from fastgauss import _checks, _device
 from fastgauss._device import kl as _kl
 from fastgauss._device import objective as _objective
 from fastgauss._plans import objective as plan
-from fastgauss.cuda import THREADS, _numba_view, as_flat, grid, launch_stream, to_device
+from fastgauss.cuda import THREADS, _numba_view, as_flat, block_size, grid, launch_stream, to_device
 from fastgauss.cuda import diffusion as _cuda_diffusion
 from fastgauss.cuda import kl as _cuda_kl
 
@@ -99,7 +99,7 @@ def _run(op, names, arrays, table, shape, reduce, out):
         return
     partials = cuda.device_array((rows, blocks[0]), np.float64)
     _partials[blocks, threads, launch_stream()](op, *operands, table, c, width, partials)
-    _cuda_kl._combine[max(1, min(-(-rows // THREADS), 4096)), THREADS, launch_stream()](partials, width, reduce == "mean", as_flat("out", out_view))
+    _cuda_kl._combine[max(1, min(-(-rows // THREADS), 4096)), block_size(rows), launch_stream()](partials, width, reduce == "mean", as_flat("out", out_view))
 
 
 def _run_vjp(op, cotangent, names, arrays, table, shape, reduce, grads):

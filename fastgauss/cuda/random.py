@@ -12,7 +12,7 @@ from fastgauss import _device
 from fastgauss._checks import shape_dtype
 from fastgauss._device import random as _random
 from fastgauss._plans.stream import kernel_state, values_per_block
-from fastgauss.cuda import THREADS, as_flat, launch_stream, to_device
+from fastgauss.cuda import as_flat, block_size, launch_stream, to_device
 
 
 def _overrides():
@@ -46,7 +46,9 @@ MAX_BLOCKS = 4096  # CUDA blocks of a launch; grid-stride loops cover larger out
 
 
 def launch_config(work_items):
-    return max(1, min(-(-work_items // THREADS), MAX_BLOCKS)), THREADS
+    """(blocks, threads) for a grid-stride kernel over ``work_items``."""
+    threads = block_size(work_items)
+    return max(1, min(-(-work_items // threads), MAX_BLOCKS)), threads
 
 
 @cuda.jit(device=True)
