@@ -13,10 +13,10 @@ from fastgauss._device import compile_for
 from fastgauss._device import diffusion as _diffusion
 from fastgauss._plans import diffusion as plan
 from fastgauss._plans.diffusion import GENERATED_NOISE, GIVEN_NOISE
-from fastgauss.cpu import CHUNK, as_rows, launch, prefer_wide_vectors, rows_to_write, static, unbroadcast
+from fastgauss.cpu import CHUNK, DEVICE, as_rows, launch, prefer_wide_vectors, rows_to_write, static, unbroadcast
 from fastgauss.cpu.random import normal_part
 
-_d = compile_for(numba.njit(error_model="numpy", forceinline=True), _diffusion)
+_d = compile_for(numba.njit(**DEVICE, forceinline=True), _diffusion)
 _linear_element = _d.linear_element
 _step_element = _d.step_element
 _step_vjp_element = _d.step_vjp_element

@@ -37,7 +37,7 @@ from numba.extending import intrinsic, overload
 
 from fastgauss import _checks, _device
 from fastgauss._device import kl as _kl
-from fastgauss.cpu import CHUNK, launch, prefer_wide_vectors, unbroadcast
+from fastgauss.cpu import CHUNK, DEVICE, launch, prefer_wide_vectors, unbroadcast
 
 KERNEL = dict(error_model="numpy", cache=True)
 
@@ -197,12 +197,12 @@ def _atanh_series_impl(z, c):
 
 
 # the portable Horner forms (float64's degree), calling this target's fma
-_portable = _device.compile_for(numba.njit(error_model="numpy", forceinline=True), _kl, overrides={"fma": _fma})
+_portable = _device.compile_for(numba.njit(**DEVICE, forceinline=True), _kl, overrides={"fma": _fma})
 _kl_taylor = _portable.taylor
 _kl_atanh_series = _portable.atanh_series
 
 
-_d = _device.compile_for(numba.njit(error_model="numpy", forceinline=True), _kl, overrides=CPU_VERSIONS)
+_d = _device.compile_for(numba.njit(**DEVICE, forceinline=True), _kl, overrides=CPU_VERSIONS)
 _normal_kl = _d.normal_kl
 _normal_logpdf = _d.normal_logpdf
 _discretized = _d.discretized_gaussian_log_likelihood

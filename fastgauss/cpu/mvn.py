@@ -22,10 +22,10 @@ from fastgauss._device import mvn as _mvn
 from fastgauss._plans import mvn as plan
 from fastgauss._plans.mvn import NO_FAILURE, geometry, summarize
 from fastgauss._plans.stream import kernel_state
-from fastgauss.cpu import launch, rows_to_write
+from fastgauss.cpu import DEVICE, launch, rows_to_write
 from fastgauss.cpu.random import normal_part
 
-_d = _device.compile_for(numba.njit(error_model="numpy", forceinline=True), _mvn)
+_d = _device.compile_for(numba.njit(**DEVICE, forceinline=True), _mvn)
 _operand_index = _d.operand_index
 _factor = _d.factor
 _store = _d.store
@@ -322,7 +322,7 @@ from fastgauss._plans.mvn import broadcast_geometry, segments  # noqa: E402
 
 # Compiled without Numba-level inlining (LLVM still inlines what pays): the reverse passes are
 # long, and inlining them into the parallel kernels' IR multiplies the compile time.
-_g = _device.compile_for(numba.njit(error_model="numpy"), _mvn)
+_g = _device.compile_for(numba.njit(**DEVICE), _mvn)
 _preimage = _g.preimage
 _clear_tril = _g.clear_tril
 _add_tril = _g.add_tril
@@ -665,7 +665,7 @@ def mvn_kl_vjp(cotangent, mean1, cov1, mean2, cov2, batch, *, grad_mean1, grad_c
 
 # The algebra's device functions are compiled without Numba-level inlining (LLVM still inlines
 # them): the same speed, and half the compile time of kalman_update's kernel (8 s -> 4 s a dtype).
-_a = _device.compile_for(numba.njit(error_model="numpy"), _mvn)
+_a = _device.compile_for(numba.njit(**DEVICE), _mvn)
 _marginal = _a.marginal
 _condition = _a.condition
 _affine = _a.affine

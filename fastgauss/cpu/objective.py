@@ -25,7 +25,7 @@ from fastgauss._device.objective import DECODER, LOGVAR, LOSS, MSE_WEIGHT, VLB
 from fastgauss._plans import objective as plan
 from fastgauss.cpu import diffusion as _cpu_diffusion
 from fastgauss.cpu import kl as _cpu_kl
-from fastgauss.cpu import launch, prefer_wide_vectors
+from fastgauss.cpu import DEVICE, launch, prefer_wide_vectors
 
 KERNEL = _cpu_kl.KERNEL
 _inline = numba.njit(error_model="numpy", inline="always")
@@ -38,7 +38,7 @@ _loss_gradient = _o.loss_gradient
 # Called, not inlined: the decoder rows (t = 0, one timestep of T) and the bound's backward.
 # Inlined into the kernels they cost ~30 s of compilation per dtype each, for passes that are
 # not a training step's bottleneck (the KL rows and the loss backward are inlined).
-_called = _device.compile_for(numba.njit(error_model="numpy"), _objective, linked=(_cpu_kl._d, _cpu_diffusion._d))
+_called = _device.compile_for(numba.njit(**DEVICE), _objective, linked=(_cpu_kl._d, _cpu_diffusion._d))
 _bound_decoder = _called.bound_decoder
 _bound_gradient = _called.bound_gradient
 _item, _chunk_sum, _combine, segment, at = _cpu_kl._item, _cpu_kl._chunk_sum, _cpu_kl._combine, _cpu_kl.segment, _cpu_kl.at

@@ -21,7 +21,7 @@ from numba.np.numpy_support import as_dtype
 from fastgauss import _device
 from fastgauss._device import random as _random
 from fastgauss._plans.stream import kernel_state, values_per_block as _values_per_block_of
-from fastgauss.cpu import launch, prefer_wide_vectors
+from fastgauss.cpu import DEVICE, launch, prefer_wide_vectors
 from fastgauss.cpu.kl import _fma, _reinterpret
 
 
@@ -100,7 +100,7 @@ def _reduce_unit_impl(x):
 
 
 _d = _device.compile_for(
-    numba.njit(error_model="numpy", forceinline=True),
+    numba.njit(**DEVICE, forceinline=True),
     _random,
     overrides={"divide": _divide, "reduce_unit32": _reduce_unit, "reduce_unit64": _reduce_unit},
 )
