@@ -84,7 +84,7 @@ def assert_same_digest_for_thread_counts(script, thread_counts=("1", "3")):
 
 import _cuda_launches  # noqa: E402
 
-_deselected = []
+_deselected = [0]  # how many tests were deselected (here, or in pytest-xdist workers)
 
 
 def pytest_configure(config):
@@ -93,7 +93,7 @@ def pytest_configure(config):
 
 
 def pytest_deselected(items):
-    _deselected.extend(items)
+    _deselected[0] += len(items)
 
 
 def _full_run(session):
@@ -106,7 +106,7 @@ def _full_run(session):
         and not config.option.markexpr
         and not getattr(config.option, "lf", False)
         and not config.option.collectonly
-        and not _deselected
+        and not _deselected[0]
     )
 
 
@@ -115,7 +115,7 @@ def pytest_testnodedown(node, error):
     """pytest-xdist controller: take in what a worker recorded (see pytest_sessionfinish)."""
     output = getattr(node, "workeroutput", {})
     _cuda_launches.merge(output.get("cuda_launches", []))
-    _deselected.extend([None] * output.get("deselected", 0))
+    _deselected[0] += output.get("deselected", 0)
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -124,7 +124,7 @@ def pytest_sessionfinish(session, exitstatus):
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:  # a pytest-xdist worker: the controller checks and writes
         workeroutput["cuda_launches"] = _cuda_launches.entries()
-        workeroutput["deselected"] = len(_deselected)
+        workeroutput["deselected"] = _deselected[0]
         return
     path = os.environ.get("FASTGAUSS_KERNEL_LAUNCHES")
     if path:

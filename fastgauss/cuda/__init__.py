@@ -52,7 +52,7 @@ def as_flat(name, a):
 def block_size(count, threads=THREADS):
     """Threads per block for ``count`` items: ``threads``, or for fewer items the smallest power of
     two (at least a warp, 32) that covers them, so a small problem does not launch idle threads."""
-    return max(1, min(threads, max(32, 1 << (max(count, 1) - 1).bit_length())))
+    return min(threads, max(32, 1 << (count - 1).bit_length()))
 
 
 def grid(rows, width, threads=None):
