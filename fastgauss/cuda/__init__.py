@@ -7,12 +7,29 @@ stream), else on the default stream, which orders them after work queued on the 
 default stream by CuPy and PyTorch.
 """
 
+import numpy as np
 from numba import cuda
 from numba.cuda.core.caching import CacheImpl
 
 from fastgauss import _cache
 from fastgauss._checks import empty_like_library, from_host_like, launch_stream, numba_view, to_host, use_stream  # noqa: F401
 
+
+def _load_lowering_under_numpy_2_5():
+    """numba-cuda 0.30 registers an overload of ``np.row_stack`` when its lowering modules load
+    (at the first kernel compile), and NumPy 2.5 removed that alias of ``np.vstack``: every
+    compile then fails with AttributeError (NVIDIA/numba-cuda#907, not to be fixed there).
+    Load those modules now with the alias in place, then remove it: NumPy is left as it was."""
+    if hasattr(np, "row_stack") or cuda.config.ENABLE_CUDASIM:
+        return
+    np.row_stack = np.vstack
+    try:
+        import numba.cuda.cudaimpl  # noqa: F401  (imports numba.cuda.np.arrayobj)
+    finally:
+        del np.row_stack
+
+
+_load_lowering_under_numpy_2_5()
 _cache.install(CacheImpl)  # before any kernel is defined: cached kernels follow _device/ edits
 
 THREADS = 256  # threads per block (block_size launches fewer for a small problem)
