@@ -137,7 +137,9 @@ class _Conversion:
     def __init__(self, tensors):
         self.tensors = tensors
         self.arrays = [_as_array(t) for t in tensors]
-        self.views = {id(a): t for a, t in zip(self.arrays, tensors) if isinstance(a, np.ndarray)}
+        # each view (a NumPy array, or a detached CUDA tensor) -> the tensor it views
+        self.views = {id(a): t for a, t in zip(self.arrays, tensors)}
+        self.device = next((t.device for t in tensors if t.is_cuda), None)
         self.allocated = {}
 
     def allocate(self, shape, dtype):
@@ -154,12 +156,14 @@ class _Conversion:
             if id(value) in self.views:
                 return self.views[id(value)]
             return torch.from_numpy(value if value.flags.writeable else value.copy())
+        if isinstance(value, torch.Tensor) and id(value) in self.views:  # out= or a returned input, on the GPU
+            return self.views[id(value)]
         if isinstance(value, tuple):
             return tuple(self.to_torch(v) for v in value)
         if isinstance(value, dict):
             return {k: self.to_torch(v) for k, v in value.items()}
         if not isinstance(value, torch.Tensor) and _checks.is_device_array(value):  # a Numba device array
-            return torch.as_tensor(value, device="cuda")
+            return torch.as_tensor(value, device=self.device or "cuda")
         return value
 
     @contextlib.contextmanager
@@ -199,8 +203,9 @@ def _run(call, tensors, **replace):
 
 
 def call(function, args, kwargs):
-    """Run ``function`` (a public op or Generator method, undecorated) on a call with tensors."""
-    c = _Call(function, args, kwargs)
+    """Run ``function`` (a public op or Generator method) on a call with tensors."""
+    # undecorated: the views of CUDA tensors are tensors, which must not come back here
+    c = _Call(inspect.unwrap(function), args, kwargs)
     c.check()
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in c.tensors)
     if not needs_grad:
