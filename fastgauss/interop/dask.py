@@ -43,6 +43,7 @@ import dask.array as da
 import numpy as np
 
 from fastgauss import _checks
+from fastgauss._dispatch import get_backend
 from fastgauss._plans.stream import BlockStream, Window, as_stream, blocks_needed
 from fastgauss.kl import REDUCTIONS
 from fastgauss.mvn import _broadcast_batch
@@ -101,6 +102,8 @@ def call(op, args, kwargs):
     arguments = inspect.signature(op).bind(*args, **kwargs)
     arguments.apply_defaults()
     params = dict(arguments.arguments)
+    if "backend" in params and params["backend"] is None:
+        params["backend"] = get_backend()  # use_backend around the graph's building applies in the workers too
     if params.get("out") is not None:
         raise TypeError(f"{op.__name__}: out= is not supported with Dask arrays (the result is a new lazy array)")
     name = op.__name__
@@ -123,6 +126,35 @@ def call(op, args, kwargs):
 
 
 # --- blocks ---------------------------------------------------------------------------------
+
+
+def _on_gpu(arrays):
+    """True when the chunks of one of the Dask ``arrays`` are CuPy arrays (the cuda backend's)."""
+    return any(_is_cupy(getattr(a, "_meta", None)) for a in arrays)
+
+
+def _is_cupy(x):
+    return type(x).__module__.split(".")[0] == "cupy"
+
+
+def _meta(on_gpu, ndim, dtype):
+    """An empty block of the result's library: CuPy when the inputs' chunks are, else NumPy."""
+    if on_gpu:
+        import cupy
+
+        return cupy.empty((0,) * ndim, dtype)
+    return np.empty((0,) * ndim, dtype)
+
+
+def _to_device(blocks):
+    """Host blocks (timesteps t, given as NumPy) follow CuPy data blocks to the GPU: the in-memory
+    call on CuPy data takes its t there too. CuPy blocks are made C-contiguous (the cuda kernels
+    take contiguous arrays; a block sliced from a larger CuPy array is a strided view)."""
+    if not any(_is_cupy(b) for b in blocks):
+        return blocks
+    import cupy
+
+    return [cupy.ascontiguousarray(b) if isinstance(b, np.ndarray) or _is_cupy(b) else b for b in blocks]
 
 
 def _as_dask(name, x):
@@ -153,13 +185,14 @@ def _run_block(op, names, constants, stream, pick, *blocks):
         key, offset, shape, axes = stream
         blocks, positions = blocks[: len(blocks) - len(axes)], blocks[len(blocks) - len(axes) :]
         constants = dict(constants, rng=BlockStream(key, offset, Window(shape, _origin(len(shape), axes, positions))))
-    result = op(**dict(zip(names, blocks)), **constants)
+    result = op(**dict(zip(names, _to_device(blocks))), **constants)
     return result if pick is None else result[pick]
 
 
-def _blockwise(op, out_index, inputs, constants, dtype, stream=None, pick=None, **options):
+def _blockwise(op, out_index, inputs, constants, dtype, stream=None, pick=None, meta=None, **options):
     """da.blockwise of _run_block over ``inputs`` [(name, dask array, index)]. ``stream`` =
-    (key, offset, output shape, output axes chunked, their chunks) draws noise in the blocks."""
+    (key, offset, output shape, output axes chunked, their chunks) draws noise in the blocks.
+    The result's chunks are CuPy arrays where the inputs' are, else NumPy (``meta``: another)."""
     names = [name for name, _, _ in inputs]
     pairs = [item for _, array, index in inputs for item in (array, index)]
     if stream is not None:
@@ -168,10 +201,9 @@ def _blockwise(op, out_index, inputs, constants, dtype, stream=None, pick=None, 
             pairs += [positions, out_index[axis]]
         stream = (key, offset, shape, tuple(axes))
     function = functools.partial(_run_block, op, names, constants, stream, pick)
-    return da.blockwise(
-        function, out_index, *pairs, token=op.__name__, dtype=dtype, meta=np.empty((0,) * len(out_index), dtype),
-        concatenate=True, **options,
-    )
+    if meta is None:
+        meta = _meta(_on_gpu(array for _, array, _ in inputs), len(out_index), dtype)
+    return da.blockwise(function, out_index, *pairs, token=op.__name__, dtype=dtype, meta=meta, concatenate=True, **options)
 
 
 def _tuple(op, out_index, inputs, constants, items, stream=None):
@@ -179,7 +211,9 @@ def _tuple(op, out_index, inputs, constants, items, stream=None):
     array per item picked from it, so that computing several items runs op once per block.
     ``items``: (trailing shape, dtype) of each item, which adds its own trailing axes (one chunk)
     to the axes ``out_index``. ``stream``: as for _blockwise."""
-    tuples = _blockwise(op, out_index, inputs, constants, np.dtype(object), stream)
+    object_meta = np.empty((0,) * len(out_index), object)  # blocks of tuples
+    tuples = _blockwise(op, out_index, inputs, constants, np.dtype(object), stream, meta=object_meta)
+    on_gpu = _on_gpu(array for _, array, _ in inputs)
     out_index = tuple(out_index)
     results = []
     for i, (tail, dtype) in enumerate(items):
@@ -187,7 +221,7 @@ def _tuple(op, out_index, inputs, constants, items, stream=None):
         results.append(
             da.blockwise(
                 operator.itemgetter(i), out_index + tail_index, tuples, out_index, new_axes=dict(zip(tail_index, tail)),
-                token=f"{op.__name__}-{i}", dtype=dtype, meta=np.empty((0,) * (len(out_index) + len(tail)), dtype),
+                token=f"{op.__name__}-{i}", dtype=dtype, meta=_meta(on_gpu, len(out_index) + len(tail), dtype),
             )
         )
     return tuple(results)
@@ -296,8 +330,13 @@ def _same_shape(params, present, first, schedule):
 def _q_posterior(op, inputs, constants, dtype, index, shape, schedule):
     mean = _blockwise(op, index, inputs, constants, dtype, pick=0)
     ndim = len(shape)
+    on_gpu = _on_gpu(array for _, array, _ in inputs)
     if not any(n == "t" for n, _, _ in inputs):  # a scalar t: variances from a one-element call
         one = np.zeros((1,) * ndim, dtype)
+        if on_gpu:
+            import cupy
+
+            one = cupy.asarray(one)
         _, variance, log_variance = op(one, one, constants["t"], schedule, backend=constants.get("backend"))
         return mean, da.from_array(variance, chunks=()), da.from_array(log_variance, chunks=())
     t_array = next(a for n, a, _ in inputs if n == "t")
@@ -305,16 +344,21 @@ def _q_posterior(op, inputs, constants, dtype, index, shape, schedule):
     for pick in (1, 2):
         tables.append(
             da.map_blocks(
-                _per_sample_table, t_array, op, schedule, ndim, dtype, pick, constants.get("backend"),
+                _per_sample_table, t_array, op, schedule, ndim, dtype, pick, constants.get("backend"), on_gpu,
                 dtype=dtype, chunks=(t_array.chunks[0],) + ((1,),) * (ndim - 1), new_axis=list(range(1, ndim)),
+                meta=_meta(on_gpu, ndim, dtype),
             )
         )
     return (mean, *tables)
 
 
-def _per_sample_table(t, op, schedule, ndim, dtype, pick, backend):
+def _per_sample_table(t, op, schedule, ndim, dtype, pick, backend, on_gpu):
     """q_posterior's variance or log variance (b, 1, ..., 1) for the timesteps of one block."""
     one = np.zeros((len(t),) + (1,) * (ndim - 1), dtype)
+    if on_gpu:
+        import cupy
+
+        one, t = cupy.asarray(one), cupy.asarray(t)
     return op(one, one, t, schedule, backend=backend)[pick]
 
 
@@ -385,7 +429,7 @@ class _PerSample:
         return self.op(**dict(kwargs, reduce=self.reduce)) if self.sums else self.op(**kwargs)
 
     def __call__(self, **kwargs):
-        ndim = max((v.ndim for v in kwargs.values() if isinstance(v, np.ndarray)), default=0)
+        ndim = max((v.ndim for v in kwargs.values() if _is_block(v)), default=0)
         result = self.values(kwargs, ndim)
         return result.reshape(result.shape + (1,) * (ndim - 1))
 
@@ -400,8 +444,12 @@ class _PartialSums(_PerSample):
     def values(self, kwargs, ndim):
         if self.sums:
             return super().values(kwargs, ndim)
-        elements = max((_checks.size(v.shape[1:]) for v in kwargs.values() if isinstance(v, np.ndarray) and v.ndim == ndim), default=1)
-        return np.asarray(self.op(**kwargs), np.float64) * elements
+        elements = max((_checks.size(v.shape[1:]) for v in kwargs.values() if _is_block(v) and v.ndim == ndim), default=1)
+        return self.op(**kwargs).astype(np.float64) * elements
+
+
+def _is_block(value):
+    return isinstance(value, np.ndarray) or _is_cupy(value)
 
 
 # --- mvn: the trailing d (and d x d) axes in one chunk ----------------------------------------------
@@ -556,12 +604,21 @@ class _BlockGenerator(BlockStream, Generator):
 
 
 def _generator_block(method, dtype, backend, key, offset, shape, *blocks):
-    """Run ``method`` of a block generator on the block whose position arrays are the last blocks."""
+    """Run ``method`` of a block generator on the block whose position arrays are the last blocks
+    (on the cuda backend, into a new CuPy block)."""
     positions = blocks[len(blocks) - len(shape) :]
     loc_scale = blocks[: len(blocks) - len(shape)]
     origin = tuple(int(p[0]) if p.size else 0 for p in positions)
     size = tuple(p.size for p in positions)
     generator = _BlockGenerator(key, offset, Window(shape, origin))
+    if backend == "cuda":
+        import cupy
+
+        if method == "normal":  # loc and scale on the device, as the cuda backend takes them
+            loc_scale = [cupy.asarray(v) if isinstance(v, np.ndarray) else v for v in loc_scale]
+            result = generator.normal(*loc_scale, size=size, dtype=dtype, backend=backend)
+            return cupy.asarray(result)  # a view of the device array the op allocated (no copy)
+        return getattr(generator, method)(size=size, dtype=dtype, out=cupy.empty(size, dtype), backend=backend)
     if method == "normal":
         loc, scale = loc_scale
         return generator.normal(loc, scale, size=size, dtype=dtype, backend=backend)
@@ -573,6 +630,7 @@ def generator_array(generator, method, size, dtype, out, chunks, backend, loc=No
     if out is not None:
         raise TypeError(f"{method}: pass either out or chunks, not both")
     dtype = _sample_dtype(dtype, method)
+    backend = get_backend() if backend is None else backend  # the workers run where the caller chose
     operands = []
     if method == "normal":
         if not _checks.is_dask_array(scale) and np.any(np.asarray(scale) < 0):
@@ -600,4 +658,5 @@ def generator_array(generator, method, size, dtype, out, chunks, backend, loc=No
     for letter, axis_positions in zip(index, _positions(shape, chunks)):
         pairs += [axis_positions, letter]
     function = functools.partial(_generator_block, method, dtype, backend, key, offset, shape)
-    return da.blockwise(function, index, *pairs, token=method, dtype=dtype, meta=np.empty((0,) * len(shape), dtype), concatenate=True)
+    meta = _meta(backend == "cuda", len(shape), dtype)
+    return da.blockwise(function, index, *pairs, token=method, dtype=dtype, meta=meta, concatenate=True)
