@@ -5,7 +5,9 @@
 For each group: the best (min) time per backend, the speedup over the NumPy reference,
 GB/s = bytes the op must move / time, and that as a fraction of the bandwidth of a copy
 moving the same bytes in the same run (host copy for numpy/cpu, device copy for cuda;
-the faster of the host copies).
+the faster of the host copies). Forward + backward groups through the torch adapter
+(bench_torch.py: "implementation" fastgauss or torch, on a "device") get a table of their own:
+the best times side by side and torch's over fastgauss's.
 """
 
 import json
@@ -15,14 +17,18 @@ import sys
 def main(path):
     with open(path) as f:
         data = json.load(f)
-    rows, copy, notes = {}, {}, []
+    rows, copy, notes, against_torch = {}, {}, [], {}
     for bench in data["benchmarks"]:
         info, best = bench["extra_info"], bench["stats"]["min"]
+        if "implementation" in info:
+            against_torch.setdefault((bench["group"], info["device"]), {})[info["implementation"]] = best
+            continue
         if bench["group"].startswith("copy"):
             key = (info["backend"], info["dtype"])  # the fastest copy of each kind is the floor
             copy[key] = max(copy.get(key, 0.0), info["bytes"] / best)
             continue
-        rows.setdefault(bench["group"], {})[info["backend"]] = (best, info["bytes"], info["dtype"])
+        dtype = info.get("dtype") or next((d for d in ("float32", "float64") if d in bench["group"]), None)
+        rows.setdefault(bench["group"], {})[info["backend"]] = (best, info["bytes"], dtype)
         for key, value in info.items():  # accuracy notes some benchmarks record (bench_kl.py)
             if key.startswith("max relative deviation"):
                 notes.append(f"{bench['group']}, {info['backend']}: {key} {value:.1e}")
@@ -56,6 +62,15 @@ def main(path):
         print()
         for note in notes:
             print(f"- {note}")
+    if against_torch:
+        print()
+        print("| forward + backward | device | fastgauss ms | torch ms | speedup vs torch |")
+        print("|---|---|---:|---:|---:|")
+        for (group, device), times in against_torch.items():
+            ours, theirs = times.get("fastgauss"), times.get("torch")
+            speedup = f"{theirs / ours:.1f}x" if ours and theirs else "-"
+            cells = [f"{t * 1e3:.2f}" if t else "-" for t in (ours, theirs)]
+            print(f"| {group} | {device} | {cells[0]} | {cells[1]} | {speedup} |")
 
 
 if __name__ == "__main__":
