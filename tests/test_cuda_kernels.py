@@ -183,6 +183,41 @@ def test_block_sum_for_every_kind_of_block_size():
         np.testing.assert_array_equal(out.copy_to_host(), expected, err_msg=f"{threads} threads")
 
 
+def test_constants_are_cached_by_content_and_placeholders_are_kept(monkeypatch):
+    """fastgauss.cuda.constant: one device copy per (device, dtype, shape, bytes), reused by a later
+    call with equal contents, never for different ones; large arrays are copied each time.
+    A repeated op call with the same timesteps copies no table (and computes the same values)."""
+    from numba import cuda
+
+    from fastgauss.cuda import CONSTANT_MAX_BYTES, constant, placeholder
+
+    a = np.arange(5.0)
+    first = constant(a)
+    assert constant(a.copy()) is first
+    np.testing.assert_array_equal(first.copy_to_host(), a)
+    assert constant(a.astype(np.float32)) is not first
+    assert constant(a.reshape(1, 5)) is not first
+    assert constant(a + 1e-300) is not first and constant(np.r_[a, 0.0]) is not first
+    big = np.zeros(CONSTANT_MAX_BYTES // 8 + 1)
+    assert constant(big) is not constant(big)
+    assert placeholder((1, 1), np.float32) is placeholder((1, 1), np.float32)
+    assert placeholder((1, 1), np.float32) is not placeholder((1, 1), np.float64)
+    x0, noise = (cuda.to_device(np.random.default_rng(i).standard_normal((3, 8))) for i in (0, 1))
+    t = np.array([1, 20, 39])
+    schedule = fastgauss.NoiseSchedule.linear(40)
+    t_device = cuda.to_device(t)
+    before = fastgauss.q_sample(x0, t_device, schedule, noise).copy_to_host()
+    uploads, real_to_device = [], cuda.to_device
+    monkeypatch.setattr(cuda, "to_device", lambda *a, **k: uploads.append(a) or real_to_device(*a, **k))
+    again = fastgauss.q_sample(x0, t_device, schedule, noise).copy_to_host()
+    monkeypatch.undo()
+    assert uploads == []
+    other = fastgauss.q_sample(x0, cuda.to_device(t[::-1].copy()), schedule, noise).copy_to_host()
+    np.testing.assert_array_equal(before, again)
+    reference = fastgauss.q_sample(x0.copy_to_host(), t[::-1].copy(), schedule, noise.copy_to_host(), backend="numpy")
+    np.testing.assert_allclose(other, reference, rtol=1e-14)
+
+
 @pytest.mark.skipif(not SIMULATOR, reason="records the simulator's launches and transfers")
 def test_launches_and_transfers_follow_the_launch_stream(monkeypatch):
     """Under use_stream (what the torch adapter sets to torch's current stream), every kernel

@@ -7,6 +7,9 @@ stream), else on the default stream, which orders them after work queued on the 
 default stream by CuPy and PyTorch.
 """
 
+import collections
+import threading
+
 import numpy as np
 from numba import cuda
 from numba.cuda.core.caching import CacheImpl
@@ -38,9 +41,63 @@ MAX_GRID_Y = 65535  # CUDA's limit for gridDim.y
 
 
 def to_device(host):
-    """A device copy of the small host array ``host`` (a kernel's table or geometry), made on the
-    launch stream, so it is ordered with the kernels of that stream (torch's, under torch)."""
+    """A device copy of the host array ``host``, made on the launch stream, so it is ordered with
+    the kernels of that stream (torch's, under torch)."""
     return cuda.to_device(host, stream=launch_stream())
+
+
+def _device_id():
+    return getattr(cuda.get_current_device(), "id", 0)  # the simulator's device has none
+
+
+_NO_TIMING = {} if cuda.config.ENABLE_CUDASIM else {"timing": False}  # the simulator's event takes no options
+CONSTANT_MAX_BYTES = 1 << 16  # larger host arrays are copied each call
+CONSTANT_ENTRIES = 1024  # least recently used first out
+_constants = collections.OrderedDict()  # (device, dtype, shape, bytes) -> (device array, its upload's event)
+_constants_lock = threading.Lock()
+
+
+def constant(host):
+    """A read-only device copy of the small host array ``host`` (a kernel's coefficient table,
+    shapes and strides, indices), from a cache keyed by its contents: a call that repeats what
+    an earlier one uploaded (the same timesteps, schedule, shapes) copies nothing. An upload
+    (the numba allocation and copy cost ~0.1-0.2 ms a call on an H200's host) is made on the
+    launch stream and marked by an event that any later stream waits on. Kernels never write
+    to these arrays."""
+    host = np.ascontiguousarray(host)
+    if host.nbytes > CONSTANT_MAX_BYTES:
+        return to_device(host)
+    stream = launch_stream()
+    key = (_device_id(), host.dtype.str, host.shape, host.tobytes())
+    with _constants_lock:
+        entry = _constants.get(key)
+        if entry is not None:
+            _constants.move_to_end(key)
+    if entry is not None:
+        array, uploaded = entry
+        uploaded.wait(stream)  # ordered after the upload, whichever stream made it
+        return array
+    array = cuda.to_device(host, stream=stream)
+    uploaded = cuda.event(**_NO_TIMING)
+    uploaded.record(stream)
+    with _constants_lock:
+        _constants[key] = (array, uploaded)
+        while len(_constants) > CONSTANT_ENTRIES:
+            _constants.popitem(last=False)
+    return array
+
+
+_placeholders = {}  # (device, shape, dtype) -> device array
+
+
+def placeholder(shape, dtype):
+    """A device array standing for an output that a kernel is told not to write (a gradient not
+    wanted, an x0 not returned): one per shape and dtype, kept, not allocated each call."""
+    key = (_device_id(), tuple(np.atleast_1d(shape)), np.dtype(dtype).str)
+    array = _placeholders.get(key)
+    if array is None:
+        array = _placeholders.setdefault(key, cuda.device_array(shape, dtype))
+    return array
 
 
 # The array-kind helpers live in fastgauss._checks (below the backends); the cuda modules

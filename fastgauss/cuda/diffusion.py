@@ -11,7 +11,7 @@ from fastgauss._device import diffusion as _diffusion
 from fastgauss._plans import diffusion as plan
 from fastgauss._plans.diffusion import GENERATED_NOISE, GIVEN_NOISE
 from fastgauss._plans.stream import values_per_block
-from fastgauss.cuda import as_flat, as_rows, grid, launch_stream, to_device
+from fastgauss.cuda import as_flat, as_rows, constant, grid, launch_stream, placeholder, to_device
 from fastgauss.cuda.random import launch_config, normals, on_device, stream_slot
 
 _d = compile_for(cuda.jit(device=True), _diffusion)
@@ -95,11 +95,11 @@ def _step_vjp(g, x0_g, xt, model, t, coefficients, clip, grad_xt, grad_m, grad_z
     g0_flat = as_flat("x0 cotangent", x0_g) if x0_g is not None else g_flat
     # x_t and m are read for the clamp only; without one the kernel reads g in their place
     xt_flat, m_flat = (as_flat("xt", xt), as_flat("model_output", model)) if clip is not None else (g_flat, g_flat)
-    unused = cuda.device_array(1, dtype)
+    unused = placeholder(1, dtype)
     outs = [as_flat("grad", a) if a is not None else unused for a in (grad_xt, grad_m, grad_z)]
     blocks, threads = launch_config(g_flat.size)
     _step_vjp_elements[blocks, threads, launch_stream()](
-        g_flat, g0_flat, x0_g is not None, xt_flat, m_flat, *(to_device(c) for c in p.coefficients), p.limit,
+        g_flat, g0_flat, x0_g is not None, xt_flat, m_flat, *(constant(c) for c in p.coefficients), p.limit,
         g_flat.size // p.rows, dtype.type(0), outs[0], grad_xt is not None, outs[1], grad_m is not None, outs[2], grad_z is not None,
     )
 
@@ -116,7 +116,7 @@ def _linear(op, u, w, t, schedule, out):
     p = plan.linear_plan(op, schedule, t, dtype)
     out_rows = as_rows("out", out, p.rows)
     blocks, threads = grid(*out_rows.shape)
-    _linear_rows[blocks, threads, launch_stream()](as_rows("u", u, p.rows), as_rows("w", w, p.rows), to_device(p.a), to_device(p.b), out_rows)
+    _linear_rows[blocks, threads, launch_stream()](as_rows("u", u, p.rows), as_rows("w", w, p.rows), constant(p.a), constant(p.b), out_rows)
 
 
 def _step(xt, model, t, coefficients, clip, out, x0_out, noise, stream, noise_out=None):
@@ -126,12 +126,12 @@ def _step(xt, model, t, coefficients, clip, out, x0_out, noise, stream, noise_ou
         return
     p = plan.step_plan(t, coefficients, clip, noise, stream, dtype, shape)
     out_flat = as_flat("out", out)
-    unused = cuda.device_array(1, dtype)
+    unused = placeholder(1, dtype)
     per_block = values_per_block(dtype)
     blocks, threads = launch_config(-(-out_flat.size // per_block))
     _step_blocks[blocks, threads, launch_stream()](
         as_flat("xt", xt), as_flat("model_output", model), as_flat("noise", noise) if noise is not None else unused, p.noise_mode,
-        *(to_device(c) for c in p.coefficients), p.limit, out_flat.size // p.rows, out_flat,
+        *(constant(c) for c in p.coefficients), p.limit, out_flat.size // p.rows, out_flat,
         as_flat("x0", x0_out) if x0_out is not None else unused, x0_out is not None,
         as_flat("noise", noise_out) if noise_out is not None else unused, noise_out is not None,
         per_block, *on_device(p.state),

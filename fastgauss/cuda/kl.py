@@ -22,7 +22,7 @@ from numba.core import config
 
 from fastgauss import _checks, _device
 from fastgauss._device import kl as _kl
-from fastgauss.cuda import THREADS, _numba_view, as_flat, block_size, grid, launch_stream, to_device
+from fastgauss.cuda import THREADS, _numba_view, as_flat, block_size, constant, grid, launch_stream, placeholder
 
 
 
@@ -149,7 +149,7 @@ def _materialize(name, a, shape, target_shape, dtype):
     out = cuda.device_array(count, dtype)
     threads = block_size(count)
     _gather[max(1, min(-(-count // threads), 4096)), threads, launch_stream()](
-        source, to_device(np.array(strides or [0], np.int64)), to_device(np.array(shape or (1,), np.int64)), out
+        source, constant(np.array(strides or [0], np.int64)), constant(np.array(shape or (1,), np.int64)), out
     )
     return out.reshape(target_shape)
 
@@ -161,7 +161,7 @@ def _shape(a):
 def operand(name, a, shape, rows, width, dtype):
     """An argument as a (rows or 1, width or 1) device array of ``dtype`` (see the module docstring)."""
     if _checks.is_scalar(a):
-        return to_device(np.full((1, 1), a, dtype))
+        return constant(np.full((1, 1), a, dtype))
     view = _numba_view(a)
     kind, lead = _checks.broadcast_kind(view.shape, shape)
     target = {"row": (lead, 1), "full": (lead, width)}.get(kind, (rows, width))
@@ -328,7 +328,7 @@ def _reduce_into(name, full, shape, grad):
         strides.insert(0, step)
         step *= n
     out = as_flat(name, grad)
-    as_array = lambda values: to_device(np.array(values or (1,), np.int64))  # noqa: E731
+    as_array = lambda values: constant(np.array(values or (1,), np.int64))  # noqa: E731
     _sum_to[max(1, min(out.size, 4096)), block_size(full.size // max(out.size, 1)), launch_stream()](
         full.reshape(full.size), as_array(kept), as_array(summed), as_array(strides), out
     )
@@ -355,7 +355,7 @@ def _run_vjp(op, names, cotangent, arrays, grads, extra, shape, reduce):
     else:
         g = as_flat("cotangent", _numba_view(cotangent)).reshape(rows, 1)
         scale = 1.0 / width if reduce == "mean" else 1.0
-    unused = cuda.device_array((1, 1), dtype)
+    unused = placeholder((1, 1), dtype)
     destinations, temporaries = [], []
     for name, a, grad in zip(names, arrays, grads):
         kind, lead = _checks.broadcast_kind(_shape(a), shape)
@@ -368,7 +368,7 @@ def _run_vjp(op, names, cotangent, arrays, grads, extra, shape, reduce):
     want = np.array([grad is not None for grad in grads] + [False] * (4 - len(grads)))
     blocks, threads = grid(rows, width)
     _rows_vjp[blocks, threads, launch_stream()](
-        OPS[op], *operands, np.float64(extra), _kl.F64, g, scale, *destinations, to_device(want), rows, width
+        OPS[op], *operands, np.float64(extra), _kl.F64, g, scale, *destinations, constant(want), rows, width
     )
     for name, temporary, grad in temporaries:
         _reduce_into(name, temporary, shape, grad)

@@ -22,7 +22,7 @@ from fastgauss._device import mvn as _mvn
 from fastgauss._plans import mvn as plan
 from fastgauss._plans.mvn import NO_FAILURE, geometry
 from fastgauss._plans.stream import kernel_state, values_per_block, words
-from fastgauss.cuda import _numba_view, launch_stream, to_device, to_host
+from fastgauss.cuda import _numba_view, constant, launch_stream, placeholder, to_device, to_host
 from fastgauss.cuda.random import launch_config, normals, on_device, standard_normal, stream_slot
 
 _d = _device.compile_for(cuda.jit(device=True), _mvn)
@@ -254,7 +254,7 @@ def _summary(status):
 
 
 def _geometry(batch, *operands):
-    return tuple(to_device(a) for a in geometry(batch, *operands))
+    return tuple(constant(a) for a in geometry(batch, *operands))
 
 
 def factor_batch(a, upper=False, tol=plan.NO_CHECK, out=None):
@@ -350,7 +350,7 @@ def mvn_kl(mean1, cov1, mean2, cov2, batch, out):
     mats, fused = factors.mats, factors.fused
     d = mats[0].shape[2]
     geometry_host = geometry(batch, *(shape_dtype(a)[0][:k] for a, k in ((mean1, -1), (cov1, -2), (mean2, -1), (cov2, -2))))
-    shape_array, strides = to_device(geometry_host[0]), to_device(np.stack(geometry_host[1:]))
+    shape_array, strides = constant(geometry_host[0]), constant(np.stack(geometry_host[1:]))
     mean1_2d, mean2_2d, out_flat = _vectors("mean1", mean1), _vectors("mean2", mean2), _view("out", out, (n,))
     if d > MAX_LOCAL_D:
         z = cuda.device_array((n, d), np.float64)
@@ -569,7 +569,7 @@ def _kl_vjp_global(cot, mean1, mat1, factor1, mean2, mat2, factor2, shape, strid
 
 def _unused(tail, dtype=np.float64):
     """A placeholder for an output a kernel does not write (a gradient that is not wanted)."""
-    return cuda.device_array((1,) + tuple(tail), dtype)
+    return placeholder((1,) + tuple(tail), dtype)
 
 
 def _reduce(src, full, operand, out):
@@ -578,7 +578,7 @@ def _reduce(src, full, operand, out):
     parts = segments(per_element)
     width = src.shape[1]
     partials = cuda.device_array((count * width, parts), np.float64)
-    _launch(_reduce_partials, count * width * parts, src, to_device(shape), to_device(kept), per_element, parts, partials)
+    _launch(_reduce_partials, count * width * parts, src, constant(shape), constant(kept), per_element, parts, partials)
     _launch(_combine, count * width, partials, 1, False, out)
 
 
@@ -644,7 +644,7 @@ def mvn_sample_vjp(cotangent, mean, cov, scale_tril, batch, noise, *, stream, gr
         partials = cuda.device_array((items, d, d), np.float64) if want_matrix and not direct else _unused((d, d))
         args = (
             cot, mat, cov is not None, _unused((), dtype) if generate else _view("noise", noise, (vectors * d,)), generate,
-            values_per_block(dtype), *words(*(tuple(stream)[:2] if generate else (0, 0))), to_device(geometry_shape), to_device(kept),
+            values_per_block(dtype), *words(*(tuple(stream)[:2] if generate else (0, 0))), constant(geometry_shape), constant(kept),
             per_element, parts, want_matrix, grad_noise is not None,
             _view("grad_noise", grad_noise, (vectors * d,)) if grad_noise is not None else _unused((), dtype), partials,
             _matrices(matrix_name, grad_matrix) if want_matrix and direct else _unused((d, d), dtype), codes,
@@ -687,8 +687,8 @@ def mvn_logpdf_vjp(cotangent, x, mean, cov, scale_tril, batch, *, grad_x, grad_m
     )
     codes = cuda.device_array(mat.shape[0] if fused else 1, np.int32)
     args = (
-        _view("cotangent", cotangent, (n,)), _vectors("x", x), _vectors("mean", mean), mat, fused, to_device(geometry_host[0]),
-        to_device(np.stack(geometry_host[1:])), (grad_x is not None, grad_mean is not None, grad_matrix is not None),
+        _view("cotangent", cotangent, (n,)), _vectors("x", x), _vectors("mean", mean), mat, fused, constant(geometry_host[0]),
+        constant(np.stack(geometry_host[1:])), (grad_x is not None, grad_mean is not None, grad_matrix is not None),
         gx, gm, identity[2], cov is not None, gmat, codes,
     )
     if d <= MAX_LOCAL_D:
@@ -720,7 +720,7 @@ def mvn_kl_vjp(cotangent, mean1, cov1, mean2, cov2, batch, *, grad_mean1, grad_c
     codes = [cuda.device_array(mat.shape[0] if fuse else 1, np.int32) for mat, fuse in zip(mats, fused)]
     args = (
         _view("cotangent", cotangent, (n,)), _vectors("mean1", mean1), mats[0], fused[0], _vectors("mean2", mean2), mats[1], fused[1],
-        to_device(geometry_host[0]), to_device(np.stack(geometry_host[1:])), tuple(g is not None for g in grads),
+        constant(geometry_host[0]), constant(np.stack(geometry_host[1:])), tuple(g is not None for g in grads),
         (identity[1], identity[3]), targets[0], targets[2], targets[1], targets[3], codes[0], codes[1],
     )
     if d <= MAX_LOCAL_D:
@@ -820,7 +820,7 @@ def _kalman_kernel(mean, cov, H, R, y, shape, strides, log_2pi, work, out_mean, 
 def _algebra_geometry(batch, *operands):
     """Device (shape, strides (operands, nd)) of geometry(), for operands given as (array, trailing axes)."""
     host = geometry(batch, *(tuple(shape_dtype(a)[0])[: len(shape_dtype(a)[0]) - axes] for a, axes in operands))
-    return to_device(host[0]), to_device(np.stack(host[1:]))
+    return constant(host[0]), constant(np.stack(host[1:]))
 
 
 ALGEBRA_MAX_BLOCKS = 256  # 65,536 threads: about what an H100 keeps resident at these kernels' 96-160 registers
@@ -847,7 +847,7 @@ def mvn_affine(mean, cov, A, b, batch, mean_out, cov_out):
     if n == 0 or k == 0:
         return {}
     if b is None:
-        b = to_device(np.zeros(k, shape_dtype(mean_out)[1]))
+        b = constant(np.zeros(k, shape_dtype(mean_out)[1]))
     geometry_arrays = _algebra_geometry(batch, (mean, 1), (cov, 2), (A, 2), (b, 1))
     blocks, threads, work = _scratch(n, 1, k, d)
     _affine_kernel[blocks, threads, launch_stream()](
@@ -864,7 +864,7 @@ def mvn_marginal(mean, cov, index, batch, mean_out, cov_out):
         return {}
     geometry_arrays = _algebra_geometry(batch, (mean, 1), (cov, 2))
     _launch(
-        _marginal_kernel, n, _vectors("mean", mean), _matrices("cov", cov), to_device(index), *geometry_arrays,
+        _marginal_kernel, n, _vectors("mean", mean), _matrices("cov", cov), constant(index), *geometry_arrays,
         _flat("mean_out", batch, mean_out, (m,)), _flat("cov_out", batch, cov_out, (m, m)),
     )
     return {}
@@ -880,7 +880,7 @@ def mvn_condition(mean, cov, index, other, value, batch, mean_out, *, cov_out):
     geometry_arrays = _algebra_geometry(batch, (mean, 1), (cov, 2), (value, 1))
     blocks, threads, work = _scratch(n, 2, m, max(m, r + 1))
     _condition_kernel[blocks, threads, launch_stream()](
-        _vectors("mean", mean), covs, _vectors("value", value), to_device(index), to_device(other), *geometry_arrays,
+        _vectors("mean", mean), covs, _vectors("value", value), constant(index), constant(other), *geometry_arrays,
         work, _flat("mean_out", batch, mean_out, (r,)), _flat("cov_out", batch, cov_out, (r, r)), status,
     )
     return {"cov": _summary(status)}

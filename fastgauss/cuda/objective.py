@@ -19,7 +19,7 @@ from fastgauss import _checks, _device
 from fastgauss._device import kl as _kl
 from fastgauss._device import objective as _objective
 from fastgauss._plans import objective as plan
-from fastgauss.cuda import THREADS, _numba_view, as_flat, block_size, grid, launch_stream, to_device
+from fastgauss.cuda import THREADS, _numba_view, as_flat, block_size, constant, grid, launch_stream, placeholder
 from fastgauss.cuda import diffusion as _cuda_diffusion
 from fastgauss.cuda import kl as _cuda_kl
 
@@ -92,7 +92,7 @@ def _run(op, names, arrays, table, shape, reduce, out):
         return
     out_view = _numba_view(out)
     operands = _operands(names, arrays, shape, dtype)
-    table, c = to_device(table), _kl.constants(dtype)
+    table, c = constant(table), _kl.constants(dtype)
     blocks, threads = grid(rows, width)
     if reduce is None:
         _rows[blocks, threads, launch_stream()](op, *operands, table, c, as_flat("out", out_view).reshape(rows, width))
@@ -113,10 +113,10 @@ def _run_vjp(op, cotangent, names, arrays, table, shape, reduce, grads):
     else:
         scale = _cuda_kl.operand("cotangent", cotangent, (rows,), rows, 1, dtype)
     factor = np.dtype(dtype).type(1.0 / width if reduce == "mean" else 1.0)
-    unused = cuda.device_array((1, 1), dtype)
+    unused = placeholder((1, 1), dtype)
     targets = [unused if g is None else as_flat("gradient", _numba_view(g)).reshape(rows, width) for g in grads]
     blocks, threads = grid(rows, width)
-    _backward[blocks, threads, launch_stream()](op, *operands, to_device(table), _kl.constants(dtype), scale, factor, *targets,
+    _backward[blocks, threads, launch_stream()](op, *operands, constant(table), _kl.constants(dtype), scale, factor, *targets,
                                *(g is not None for g in grads))
 
 

@@ -12,7 +12,7 @@ from fastgauss import _device
 from fastgauss._checks import shape_dtype
 from fastgauss._device import random as _random
 from fastgauss._plans.stream import kernel_state, values_per_block
-from fastgauss.cuda import as_flat, block_size, launch_stream, to_device
+from fastgauss.cuda import as_flat, block_size, constant, launch_stream
 
 
 def _overrides():
@@ -104,7 +104,7 @@ def _fill(out, normal, per_block, k0, k1, o0, o1, o2, o3, base, run, extents, st
 
 def on_device(state):
     """A kernel_state with the window's arrays copied to the device: the CUDA kernels' stream arguments."""
-    return state[:8] + (to_device(state[8]), to_device(state[9]))
+    return state[:8] + (constant(state[8]), constant(state[9]))
 
 
 def _launch_fill(out, normal, key, offset, window):
