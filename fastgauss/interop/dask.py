@@ -154,7 +154,7 @@ def _to_device(blocks):
         return blocks
     import cupy
 
-    return [cupy.ascontiguousarray(b) if isinstance(b, np.ndarray) or _is_cupy(b) else b for b in blocks]
+    return [cupy.ascontiguousarray(cupy.asarray(b)) if isinstance(b, np.ndarray) or _is_cupy(b) else b for b in blocks]
 
 
 def _as_dask(name, x):
