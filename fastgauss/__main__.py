@@ -22,7 +22,7 @@ from fastgauss._dispatch import OPS, cuda_unavailable_reason
 from fastgauss._examples import EXAMPLES
 from fastgauss._selfcheck import CHECK_SHAPE, DTYPES, check_op
 from fastgauss._selfcheck import run as _run
-from fastgauss._selfcheck import to_device as _to_device
+from fastgauss._selfcheck import on_device as _on_device
 
 DEFAULT_SIZE = (16, 3, 128, 128)  # small enough that a first run stays near a minute; --size for more
 QUICK_SIZE = (8, 3, 64, 64)
@@ -137,9 +137,9 @@ def _time(call, backend, expected, repeats):
     if backend == "cuda":
         from numba import cuda
 
-        args = tuple(_to_device(a) for a in call.args)  # copied once, outside the timing
+        args, kwargs = _on_device(call)  # copied once, outside the timing
         extra = {"out": _outputs_like(expected, lambda e: cuda.device_array(e.shape, e.dtype))} if takes_out else {}
-        run = lambda: call.function(*args, **call.kwargs, **extra, backend="cuda")  # noqa: E731
+        run = lambda: call.function(*args, **kwargs, **extra, backend="cuda")  # noqa: E731
         return _bench.time_runs(run, repeats, synchronize=cuda.synchronize)
     extra = {"out": _outputs_like(expected, np.empty_like)} if takes_out else {}
     if backend == "numpy" and call.numpy_way is not None:  # NumPy's generator + the reference formula
@@ -165,7 +165,7 @@ def benchmark(backends, shape, repeats):
                 expected = _run(call, "numpy")  # the result's shape and dtype, for out=
                 row = {"op": op, "dtype": np.dtype(dtype).name, "shape": list(shape), "case": call.label}
                 row["numpy baseline"] = "numpy.random + reference" if call.numpy_way else "reference"
-                row["bytes"] = _bytes_moved(call.args, expected)
+                row["bytes"] = _bytes_moved(call.args + tuple(call.kwargs.values()), expected)
                 row["copy GB/s"] = {"host": _bench.host_copy_bandwidth(row["bytes"] // 2, repeats=3) / 1e9}
                 if "cuda" in backends:
                     row["copy GB/s"]["cuda"] = _bench.device_copy_bandwidth(row["bytes"] // 2) / 1e9

@@ -400,8 +400,8 @@ def _objective_inputs(shape, dtype, rng):
 def _vjp_gradients(vjp, **kwargs):
     """A VJP as a call returning its gradients as a tuple (what the self-check compares)."""
 
-    def call(*args, backend=None):
-        return tuple(vjp(*args, backend=backend, **kwargs).values())
+    def call(*args, backend=None, **arrays):  # arrays by keyword come as the Call's kwargs (the main job moves them)
+        return tuple(vjp(*args, backend=backend, **kwargs, **arrays).values())
 
     return call
 
@@ -424,8 +424,8 @@ def _objective(op):
                 Call("v, elementwise", objective.diffusion_loss, (eps, x0, noise, t, schedule), {"prediction": "v", "reduce": None}),
             ],
             "hybrid_loss": [Call("epsilon, learned_range", objective.hybrid_loss, (eps, v, x0, noise, t, schedule), {}, benchmark=True)],
-            "vlb_terms_vjp": [Call("all four gradients", _vjp_gradients(objective._vjp_vlb_terms, var_output=v),
-                                   (ones, x0, xt, t, eps, schedule), {})],
+            "vlb_terms_vjp": [Call("all four gradients", _vjp_gradients(objective._vjp_vlb_terms),
+                                   (ones, x0, xt, t, eps, schedule), {"var_output": v})],
             "diffusion_loss_vjp": [Call("model_output and x0, v", _vjp_gradients(objective._vjp_diffusion_loss, prediction="v"),
                                         (ones, eps, x0, noise, t, schedule), {})],
             "hybrid_loss_vjp": [Call("model_output and var_output", _vjp_gradients(objective._vjp_hybrid_loss),
@@ -475,8 +475,8 @@ EXAMPLES = {
 
 def _vjp_examples(op):
     """The calls of ``op + "_vjp"``: fastgauss.vjp of each of op's example calls that is an op call,
-    with a random cotangent per output (leading arguments, so the main job moves them to the
-    device), returning the gradients as a tuple in argument-name order."""
+    with a random cotangent per output and every array argument positional (so the main job
+    moves them to the device), returning the gradients as a tuple in argument-name order."""
 
     def examples(shape, dtype, rng):
         calls = []
@@ -486,13 +486,18 @@ def _vjp_examples(op):
             result = call.function(*call.args, **call.kwargs, backend="numpy")
             outputs = result if isinstance(result, tuple) else (result,)
             cotangents = tuple(rng.standard_normal(np.shape(o)).astype(o.dtype) for o in outputs)
+            keywords = tuple(k for k, v in call.kwargs.items() if isinstance(v, np.ndarray))  # arrays given by name
+            options = {k: v for k, v in call.kwargs.items() if k not in keywords}
 
-            def gradients(*arrays, backend=None, _call=call, _count=len(cotangents)):
+            def gradients(*arrays, backend=None, _call=call, _count=len(cotangents), _keywords=keywords, _options=options):
                 cotangent = arrays[:_count] if _count > 1 else arrays[0]
-                grads = vjp(_call.function, cotangent, *arrays[_count:], backend=backend, **_call.kwargs)
+                positional = arrays[_count : len(arrays) - len(_keywords)]
+                named = dict(zip(_keywords, arrays[len(arrays) - len(_keywords) :]))
+                grads = vjp(_call.function, cotangent, *positional, backend=backend, **named, **_options)
                 return tuple(grads[name] for name in sorted(grads))
 
-            calls.append(Call(call.label, gradients, cotangents + tuple(call.args), {}))
+            arrays = cotangents + tuple(call.args) + tuple(call.kwargs[k] for k in keywords)
+            calls.append(Call(call.label, gradients, arrays, {}))
         return calls
 
     return examples

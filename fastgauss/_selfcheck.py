@@ -25,9 +25,14 @@ def to_host(value):
     return value if isinstance(value, np.ndarray) else value.copy_to_host()
 
 
+def on_device(call):
+    """(args, kwargs) of ``call`` with every NumPy array, positional or keyword, copied to the device."""
+    return tuple(to_device(a) for a in call.args), {k: to_device(v) for k, v in call.kwargs.items()}
+
+
 def run(call, backend, **extra):
-    args = tuple(to_device(a) for a in call.args) if backend == "cuda" else call.args
-    return call.function(*args, **call.kwargs, **extra, backend=backend)
+    args, kwargs = on_device(call) if backend == "cuda" else (call.args, call.kwargs)
+    return call.function(*args, **kwargs, **extra, backend=backend)
 
 
 def matches(got, expected, dtype):

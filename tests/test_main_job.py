@@ -62,3 +62,31 @@ def test_quick_self_check_runs_the_benchmarked_calls_and_every_op():
             assert [c.label for c in quick] == (timed or [c.label for c in every[:1]]), op
             checked += len(quick)
         assert checked, op  # no op goes unchecked
+
+
+def test_the_cuda_rows_put_every_array_argument_on_the_device():
+    """The main job on a GPU machine: the self-check and the timed runs of the cuda backend pass
+    every array argument as a device array, keyword arguments (ddpm_step's noise=) included, and
+    so do the vjp examples built from such calls. Run under the simulator here: the ops whose
+    examples take an array by keyword are checked on cuda, and one of them is timed there."""
+    import pytest
+
+    from conftest import CUDA_USABLE
+    from fastgauss import _selfcheck
+    from fastgauss._examples import EXAMPLES
+
+    if not CUDA_USABLE:
+        pytest.skip("cuda backend not usable")
+    keyword_ops = [
+        op for op in EXAMPLES
+        if any(isinstance(v, np.ndarray) for c in EXAMPLES[op]((2, 3, 4, 4), np.float32, np.random.default_rng(0)) for v in c.kwargs.values())
+    ]
+    assert {"ddpm_step", "ddim_step"} <= set(keyword_ops)
+    checked = set(keyword_ops) | {op + "_vjp" for op in keyword_ops if op + "_vjp" in EXAMPLES}
+    checked.discard("vlb_terms")  # ~15 s in the simulator; vlb_terms_vjp passes var_output by keyword too
+    for op in sorted(checked):
+        for row in _selfcheck.check_op(op, ["cuda"], quick=True):
+            assert row["status"] == "PASS", row
+    call = next(c for c in EXAMPLES["ddpm_step"]((2, 3, 4, 4), np.float32, np.random.default_rng(0)) if "noise" in c.kwargs)
+    timing = main_job._time(call, "cuda", _selfcheck.run(call, "numpy"), repeats=3)
+    assert len(timing.runs) == 3
