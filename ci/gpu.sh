@@ -10,7 +10,10 @@
 #   ci/gpu.sh --full   the whole test suite, the main job and every benchmark
 #
 # GPU_TEST_TIMEOUT / GPU_BENCH_TIMEOUT (seconds) bound each step, so that a slow step still
-# leaves its log.
+# leaves its log. The lent machines have torch, CuPy and pytest-xdist but no dask: carry the
+# wheels of dask, distributed, partd, locket, zict, tblib and tornado for Python 3.12 and
+# put them on PYTHONPATH first (2026-11-26: `pip install --target /tmp/site .whl/*.whl`),
+# else the Dask-on-CuPy tests skip.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-gpu-results}"
