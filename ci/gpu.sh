@@ -5,8 +5,8 @@
 #
 #   ci/gpu.sh          every test that runs a CUDA kernel (-k "cuda or gpu": the cuda backend's
 #                      parametrizations, tests/test_cuda_kernels.py, tests/test_gpu.py for torch
-#                      CUDA tensors and CuPy/Dask), then the benchmarks' cuda rows: fits a
-#                      15-minute GPU lease
+#                      CUDA tensors and CuPy/Dask), the main job with --quick (its cuda rows),
+#                      then the benchmarks' cuda rows: fits a 15-minute GPU lease (about 3 min)
 #   ci/gpu.sh --full   the whole test suite, the main job and every benchmark
 #
 # GPU_TEST_TIMEOUT / GPU_BENCH_TIMEOUT (seconds) bound each step, so that a slow step still
@@ -42,10 +42,11 @@ timeout "${GPU_TEST_TIMEOUT:-1800}" "$python" -m pytest tests -p no:cacheprovide
     | tee "$out/tests.txt" | grep -E "FAILED|ERROR|passed|failed" | tail -60
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
-if [ $full -eq 1 ]; then
-    "$python" -m fastgauss --json "$out/main.json" 2>&1 | tee "$out/main.txt"
-    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-fi
+main=(--quick)
+[ $full -eq 1 ] && main=()
+timeout "${GPU_MAIN_TIMEOUT:-1800}" "$python" -m fastgauss "${main[@]}" --json "$out/main.json" > "$out/main.txt" 2>&1
+[ $? -eq 0 ] || status=1
+grep -E "FAIL|PASS:|Error" "$out/main.txt" | tail -20
 bench_select=(-k cuda --benchmark-max-time=0.5)  # GPU rows take microseconds: 0.5 s is thousands of rounds
 [ $full -eq 1 ] && bench_select=()
 timeout "${GPU_BENCH_TIMEOUT:-1800}" "$python" -m pytest benchmarks -q -p no:cacheprovider --benchmark-only "${bench_select[@]}" \
