@@ -299,14 +299,15 @@ def adapter(kind):
 
 def adapts(function):
     """Decorator of the public ops and Generator methods: a call with an array of an adapted kind
-    (a torch tensor, a Dask array) goes to that kind's adapter, ``adapter(kind).call(op, args,
-    kwargs)``; any other call runs ``function`` unchanged."""
+    (a torch tensor, a Dask array) goes to that kind's adapter, ``adapter(kind).call(function,
+    args, kwargs)`` with the undecorated function (which the adapter runs on its views: those of
+    CUDA tensors are tensors, and must not come back here); any other call runs ``function``."""
 
     @functools.wraps(function)
     def op(*args, **kwargs):
         kind = interop_kind(itertools.chain(args, kwargs.values()))
         if kind is None:
             return function(*args, **kwargs)
-        return adapter(kind).call(op, args, kwargs)
+        return adapter(kind).call(function, args, kwargs)
 
     return op

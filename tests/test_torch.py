@@ -527,3 +527,15 @@ def test_gradcheck_of_the_objective_through_torch(op, kwargs):
             function = (lambda f, m: lambda v: f(m, v))(function, inputs[0])
             inputs = (var_output,)
         assert torch.autograd.gradcheck(function, inputs)
+
+
+def test_the_adapter_runs_the_undecorated_op_on_its_views(monkeypatch, reference):
+    """CUDA tensors are viewed as (detached) tensors, not arrays: the op the adapter runs on its
+    views must be the undecorated one, or the call comes back to the adapter without end (it did,
+    on a real GPU). Imitated on the CPU by views that are detached tensors."""
+    import fastgauss.interop.torch as adapter
+
+    monkeypatch.setattr(adapter, "_as_array", lambda tensor: tensor.detach())
+    x0, noise = torch.randn(B, C, W, dtype=torch.float64), torch.randn(B, C, W, dtype=torch.float64)
+    xt = fastgauss.q_sample(x0, T, SCHEDULE, noise)
+    np.testing.assert_allclose(np.asarray(xt), fastgauss.q_sample(x0.numpy(), T.numpy(), SCHEDULE, noise.numpy()), rtol=1e-15)

@@ -146,15 +146,18 @@ def _meta(on_gpu, ndim, dtype):
     return np.empty((0,) * ndim, dtype)
 
 
-def _to_device(blocks):
-    """Host blocks (timesteps t, given as NumPy) follow CuPy data blocks to the GPU: the in-memory
-    call on CuPy data takes its t there too. CuPy blocks are made C-contiguous (the cuda kernels
-    take contiguous arrays; a block sliced from a larger CuPy array is a strided view)."""
-    if not any(_is_cupy(b) for b in blocks):
-        return blocks
+def _as_cupy(blocks):
+    """Each NumPy or CuPy block as a C-contiguous CuPy array (the cuda kernels take contiguous
+    arrays; a block sliced from a larger CuPy array is a strided view); other values as they are."""
     import cupy
 
     return [cupy.ascontiguousarray(cupy.asarray(b)) if isinstance(b, np.ndarray) or _is_cupy(b) else b for b in blocks]
+
+
+def _to_device(blocks):
+    """Where a block is CuPy, every block goes to the GPU (_as_cupy): host blocks (timesteps t,
+    given as NumPy) follow the data there, as the in-memory call on CuPy data takes its t."""
+    return _as_cupy(blocks) if any(_is_cupy(b) for b in blocks) else blocks
 
 
 def _as_dask(name, x):
@@ -334,9 +337,7 @@ def _q_posterior(op, inputs, constants, dtype, index, shape, schedule):
     if not any(n == "t" for n, _, _ in inputs):  # a scalar t: variances from a one-element call
         one = np.zeros((1,) * ndim, dtype)
         if on_gpu:
-            import cupy
-
-            one = cupy.asarray(one)
+            (one,) = _as_cupy([one])
         _, variance, log_variance = op(one, one, constants["t"], schedule, backend=constants.get("backend"))
         return mean, da.from_array(variance, chunks=()), da.from_array(log_variance, chunks=())
     t_array = next(a for n, a, _ in inputs if n == "t")
@@ -356,9 +357,7 @@ def _per_sample_table(t, op, schedule, ndim, dtype, pick, backend, on_gpu):
     """q_posterior's variance or log variance (b, 1, ..., 1) for the timesteps of one block."""
     one = np.zeros((len(t),) + (1,) * (ndim - 1), dtype)
     if on_gpu:
-        import cupy
-
-        one, t = cupy.asarray(one), cupy.asarray(t)
+        one, t = _as_cupy([one, t])
     return op(one, one, t, schedule, backend=backend)[pick]
 
 
@@ -615,8 +614,7 @@ def _generator_block(method, dtype, backend, key, offset, shape, *blocks):
         import cupy
 
         if method == "normal":  # loc and scale on the device, as the cuda backend takes them
-            loc_scale = [cupy.asarray(v) if isinstance(v, np.ndarray) else v for v in loc_scale]
-            result = generator.normal(*loc_scale, size=size, dtype=dtype, backend=backend)
+            result = generator.normal(*_as_cupy(loc_scale), size=size, dtype=dtype, backend=backend)
             return cupy.asarray(result)  # a view of the device array the op allocated (no copy)
         return getattr(generator, method)(size=size, dtype=dtype, out=cupy.empty(size, dtype), backend=backend)
     if method == "normal":

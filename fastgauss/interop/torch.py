@@ -150,14 +150,12 @@ class _Conversion:
         return array
 
     def to_torch(self, value):
+        if id(value) in self.views:  # out= or a returned input (the views are alive: their ids are theirs)
+            return self.views[id(value)]
         if isinstance(value, np.ndarray):
             if id(value) in self.allocated and self.allocated[id(value)][0] is value:
                 return self.allocated[id(value)][1]
-            if id(value) in self.views:
-                return self.views[id(value)]
             return torch.from_numpy(value if value.flags.writeable else value.copy())
-        if isinstance(value, torch.Tensor) and id(value) in self.views:  # out= or a returned input, on the GPU
-            return self.views[id(value)]
         if isinstance(value, tuple):
             return tuple(self.to_torch(v) for v in value)
         if isinstance(value, dict):
@@ -203,9 +201,8 @@ def _run(call, tensors, **replace):
 
 
 def call(function, args, kwargs):
-    """Run ``function`` (a public op or Generator method) on a call with tensors."""
-    # undecorated: the views of CUDA tensors are tensors, which must not come back here
-    c = _Call(inspect.unwrap(function), args, kwargs)
+    """Run ``function`` (a public op or Generator method, undecorated) on a call with tensors."""
+    c = _Call(function, args, kwargs)
     c.check()
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in c.tensors)
     if not needs_grad:
