@@ -8,7 +8,8 @@ compiles each (kernel, signature) with the real target to PTX (NVVM) for each co
 capability, then assembles the PTX with ptxas (``-v``: registers, spills, shared memory).
 
 It fails, naming the kernel and the signature, on any typing, lowering, NVVM or ptxas
-error, on a recorded argument type that is not a plain array/scalar/tuple, and on a
+error, on a fused multiply-add in the noise and diffusion kernels that the CPU does not
+compute (``_unintended_fmas``: they must give the CPU's bits), on a recorded argument type that is not a plain array/scalar/tuple, and on a
 kernel of fastgauss.cuda that the recorded run never launched. With ``--report FILE``
 it rewrites the section between the cuda-compile markers of FILE (benchmarks/README.md):
 registers and spill bytes per kernel for the first architecture (sm_90).
@@ -72,6 +73,27 @@ def _parse_ptxas(text):
     return info
 
 
+# The noise and the diffusion ops give the CPU's bits on a GPU only if NVVM fuses no product into
+# an FMA: their element code writes such products as fastgauss.cuda.rounded_product (PTX mul.rn).
+# The one FMA sequence meant to be there is the float64 quotient of fastgauss.cuda.random's
+# divide: 17 constant divisions in a Box-Muller pair, 15 with one constant (2 FMAs) and 2 with two
+# (3 FMAs), 36 in all, once per kernel that draws float64 normals.
+BITWISE_MODULES = ("fastgauss.cuda.random", "fastgauss.cuda.diffusion")
+DIVIDE_FMAS = 15 * 2 + 2 * 3
+
+
+def _unintended_fmas(module, ptx):
+    """'' or what is wrong with the FMAs in a kernel of BITWISE_MODULES."""
+    if module not in BITWISE_MODULES:
+        return ""
+    f32 = len(re.findall(r"\bfma\.rn\.f32\b", ptx))
+    f64 = len(re.findall(r"\bfma\.rn\.f64\b", ptx))
+    if f32 == 0 and f64 in (0, DIVIDE_FMAS):
+        return ""
+    return (f"{f32} float32 and {f64} float64 FMAs, expected none but the float64 divide's {DIVIDE_FMAS}: a plain "
+            "a * b + c was fused, so the GPU's bits differ from the CPU's (write the product as product(a, b))")
+
+
 def worker(launches_path, cc, out_path, ptx_dir):
     os.environ.pop("NUMBA_ENABLE_CUDASIM", None)
     _import_paths()
@@ -112,6 +134,9 @@ def worker(launches_path, cc, out_path, ptx_dir):
             errors.append(f"{where}: {type(exc).__name__}: {exc}")
             continue
         compiled = time.perf_counter() - started
+        fused = _unintended_fmas(entry["module"], ptx)
+        if fused:
+            errors.append(f"{where}: {fused}")
         ptx_path = ptx_dir / f"{i:03d}_{entry['kernel']}.ptx"
         ptx_path.write_text(ptx)
         run = subprocess.run(

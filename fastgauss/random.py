@@ -27,9 +27,11 @@ with the key (k0, k1); it gives four words w0..w3. Output element i (C order):
   f = ((w2 >> 11) * 2**32 + w3) * 2**-53.
 
 A call producing n values uses ceil(n / 4) (float32) or ceil(n / 2) (float64) blocks.
-The raw words are bitwise identical on every backend; normals are bitwise identical
-within a backend for any thread count, and agree with the NumPy reference (which uses
-NumPy's log, sin and cos) to 1e-6 (float32) and 1e-14 (float64) relative to max(1, |z|).
+The raw words are bitwise identical on every backend; the normals of cpu and cuda are
+bitwise identical to each other (both evaluate fastgauss._device.random, with no product
+fused into an FMA on the GPU) for any thread count, and agree with the NumPy reference
+(which uses NumPy's log, sin and cos) to 1e-6 (float32) and 1e-14 (float64) relative to
+max(1, |z|).
 
 Tails: the smallest u is 2**-32 for float32 and 2**-54 for float64, so |z| can reach
 sqrt(64 ln 2) = 6.660 and sqrt(108 ln 2) = 8.652 standard deviations.

@@ -5,9 +5,15 @@ loops vectorize; comparisons with NaN are false, so NaN passes through clamp.
 """
 
 
+def product(a, b):
+    """a b, rounded by itself (see fastgauss._device.random.product): every product here that
+    feeds a sum is written so, and the GPU's results are the CPU's, bit for bit."""
+    return a * b
+
+
 def linear_element(a, u, b, w):
     """a u + b w: q_sample, the posterior mean, and every parameterization conversion."""
-    return a * u + b * w
+    return product(a, u) + product(b, w)
 
 
 def clamp(x, limit):
@@ -19,15 +25,15 @@ def clamp(x, limit):
 def term(c, x):
     """c x, or exactly 0 where c = 0: a term the op's formula does not have, so an inf in
     x does not turn into 0 * inf = NaN."""
-    product = c * x
-    return product if c != 0 else c
+    cx = product(c, x)
+    return cx if c != 0 else c
 
 
 def step_element(ax, am, k0, kx, km, ks, limit, xt, m, z):
     """One reverse step: x0 = clamp(ax x_t + am m), out = k0 x0 + kx x_t + km m (+ ks z)."""
     x0 = clamp(term(ax, xt) + term(am, m), limit)
     value = term(k0, x0) + term(kx, xt) + term(km, m)
-    noisy = value + ks * z
+    noisy = value + product(ks, z)
     return (noisy if ks != 0 else value), x0
 
 

@@ -113,6 +113,14 @@ F64_2P26 = 2.0**26
 F64_2P32 = 2.0**32
 
 
+def product(a, b):
+    """a b, rounded by itself. Every product in this module that feeds a sum is written
+    product(a, b): the CPU rounds a b + c twice, while NVVM fuses a plain a * b + c into one FMA
+    (one rounding) wherever it can, so the CUDA target swaps in libdevice's fmul_rn / dmul_rn
+    (PTX mul.rn, which is never fused) and the GPU's numbers are the CPU's, bit for bit."""
+    return a * b
+
+
 def uniform32(w):
     """[0, 1) float32 from the top 24 bits of a word (as NumPy's float32 random)."""
     return np.float32(np.int32(w >> U8)) * F32_2M24
@@ -120,23 +128,23 @@ def uniform32(w):
 
 def uniform64(w0, w1):
     """[0, 1) float64 from 27 + 26 bits of two words (as NumPy's random)."""
-    return (np.float64(np.int64(w0 >> U5)) * F64_2P26 + np.float64(np.int64(w1 >> U6))) * F64_2M53
+    return (product(np.float64(np.int64(w0 >> U5)), F64_2P26) + np.float64(np.int64(w1 >> U6))) * F64_2M53
 
 
 def open_uniform32(w):
     """(0, 1] float32 from 31 bits, never 0: the smallest value is 2**-32."""
-    return np.float32(np.int32(w >> U1)) * F32_2M31 + F32_2M32
+    return product(np.float32(np.int32(w >> U1)), F32_2M31) + F32_2M32
 
 
 def open_uniform64(w0, w1):
     """(0, 1) float64 from 53 bits, never 0: the smallest value is 2**-54."""
-    m = np.float64(np.int64(w0 >> U11)) * F64_2P32 + np.float64(np.int64(w1))
-    return m * F64_2M53 + F64_2M54
+    m = product(np.float64(np.int64(w0 >> U11)), F64_2P32) + np.float64(np.int64(w1))
+    return product(m, F64_2M53) + F64_2M54
 
 
 def turn53(w0, w1):
     """[0, 1) float64 from 53 bits: the fraction of a turn for the Box-Muller angle."""
-    return (np.float64(np.int64(w0 >> U11)) * F64_2P32 + np.float64(np.int64(w1))) * F64_2M53
+    return (product(np.float64(np.int64(w0 >> U11)), F64_2P32) + np.float64(np.int64(w1))) * F64_2M53
 
 
 # --- division by a constant ----------------------------------------------------------------
@@ -257,8 +265,8 @@ def log_unit32(x):
     x, e = reduce_unit32(x)
     s = (x - ONE32) / (x + ONE32)
     z = s * s
-    series = ONE32 + z * (np.float32(1 / 3) + z * (np.float32(1 / 5) + z * (np.float32(1 / 7) + z * np.float32(1 / 9))))
-    return e * LN2_HI32 + (e * LN2_LO32 + TWO32 * s * series)
+    series = ONE32 + product(z, np.float32(1 / 3) + product(z, np.float32(1 / 5) + product(z, np.float32(1 / 7) + product(z, np.float32(1 / 9)))))
+    return product(e, LN2_HI32) + (product(e, LN2_LO32) + product(TWO32 * s, series))
 
 
 def log_unit64(x):
@@ -266,8 +274,8 @@ def log_unit64(x):
     x, e = reduce_unit64(x)
     s = (x - 1.0) / (x + 1.0)
     z = s * s
-    series = 1.0 + z * (1 / 3 + z * (1 / 5 + z * (1 / 7 + z * (1 / 9 + z * (1 / 11 + z * (1 / 13 + z * (1 / 15 + z * (1 / 17 + z * (1 / 19 + divide(z, DIV21))))))))))
-    return e * LN2_HI64 + (e * LN2_LO64 + 2.0 * s * series)
+    series = 1.0 + product(z, 1 / 3 + product(z, 1 / 5 + product(z, 1 / 7 + product(z, 1 / 9 + product(z, 1 / 11 + product(z, 1 / 13 + product(z, 1 / 15 + product(z, 1 / 17 + product(z, 1 / 19 + divide(z, DIV21))))))))))
+    return product(e, LN2_HI64) + (product(e, LN2_LO64) + product(2.0 * s, series))
 
 
 # --- sin and cos of 2 pi u for u in [0, 1] --------------------------------------------
@@ -291,21 +299,21 @@ def _quadrant(sin_a, cos_a, q):
 
 def sincos_turn32(u):
     """(sin(2 pi u), cos(2 pi u)) in float32 for u in [0, 1]."""
-    q = np.int32(u * FOUR32 + HALF32)
-    a = (u - np.float32(q) * QUARTER32) * TWO_PI32
+    q = np.int32(product(u, FOUR32) + HALF32)
+    a = (u - product(np.float32(q), QUARTER32)) * TWO_PI32
     z = a * a
-    sin_a = a * (ONE32 - z * np.float32(1 / 6) * (ONE32 - z * np.float32(1 / 20) * (ONE32 - z * np.float32(1 / 42) * (ONE32 - z * np.float32(1 / 72)))))
-    cos_a = ONE32 - z * HALF32 * (ONE32 - z * np.float32(1 / 12) * (ONE32 - z * np.float32(1 / 30) * (ONE32 - z * np.float32(1 / 56) * (ONE32 - z * np.float32(1 / 90)))))
+    sin_a = a * (ONE32 - product(z * np.float32(1 / 6), ONE32 - product(z * np.float32(1 / 20), ONE32 - product(z * np.float32(1 / 42), ONE32 - product(z, np.float32(1 / 72))))))
+    cos_a = ONE32 - product(z * HALF32, ONE32 - product(z * np.float32(1 / 12), ONE32 - product(z * np.float32(1 / 30), ONE32 - product(z * np.float32(1 / 56), ONE32 - product(z, np.float32(1 / 90))))))
     return _quadrant(sin_a, cos_a, q)
 
 
 def sincos_turn64(u):
     """(sin(2 pi u), cos(2 pi u)) in float64 for u in [0, 1]."""
-    q = np.int32(u * 4.0 + 0.5)
-    a = (u - q * 0.25) * (2 * math.pi)
+    q = np.int32(product(u, 4.0) + 0.5)
+    a = (u - product(np.float64(q), 0.25)) * (2 * math.pi)
     z = a * a
-    sin_a = a * (1.0 - divide(z, DIV6) * (1.0 - divide(z, DIV20) * (1.0 - divide(z, DIV42) * (1.0 - divide(z, DIV72) * (1.0 - divide(z, DIV110) * (1.0 - divide(z, DIV156) * (1.0 - divide(z, DIV210) * (1.0 - divide(z, DIV272)))))))))
-    cos_a = 1.0 - z / 2 * (1.0 - divide(z, DIV12) * (1.0 - divide(z, DIV30) * (1.0 - divide(z, DIV56) * (1.0 - divide(z, DIV90) * (1.0 - divide(z, DIV132) * (1.0 - divide(z, DIV182) * (1.0 - divide(z, DIV240) * (1.0 - divide(z, DIV306)))))))))
+    sin_a = a * (1.0 - product(divide(z, DIV6), 1.0 - product(divide(z, DIV20), 1.0 - product(divide(z, DIV42), 1.0 - product(divide(z, DIV72), 1.0 - product(divide(z, DIV110), 1.0 - product(divide(z, DIV156), 1.0 - product(divide(z, DIV210), 1.0 - divide(z, DIV272)))))))))
+    cos_a = 1.0 - product(z / 2, 1.0 - product(divide(z, DIV12), 1.0 - product(divide(z, DIV30), 1.0 - product(divide(z, DIV56), 1.0 - product(divide(z, DIV90), 1.0 - product(divide(z, DIV132), 1.0 - product(divide(z, DIV182), 1.0 - product(divide(z, DIV240), 1.0 - divide(z, DIV306)))))))))
     return _quadrant(sin_a, cos_a, q)
 
 

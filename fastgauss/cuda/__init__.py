@@ -11,7 +11,8 @@ import collections
 import threading
 
 import numpy as np
-from numba import cuda
+from numba import cuda, types
+from numba.core.extending import overload
 from numba.cuda.core.caching import CacheImpl
 
 from fastgauss import _cache
@@ -121,6 +122,29 @@ def as_flat(name, a):
         return view.reshape(view.size)
     except NotImplementedError as exc:
         raise ValueError(f"{name}: non-contiguous CUDA arrays are not supported; pass a C-contiguous array") from exc
+
+
+def rounded_product(a, b):
+    """a b rounded by itself, never fused with the sum it feeds into one FMA: the CUDA target's
+    ``product`` of fastgauss._device.random and .diffusion (libdevice's fmul_rn / dmul_rn, PTX
+    mul.rn). NVVM fuses a plain a * b + c; the CPU rounds twice; with this the GPU does too, so
+    both give the same bits. Under the simulator: the plain product."""
+    return a * b
+
+
+@overload(rounded_product, target="cuda", inline="always")
+def _rounded_product_cuda(a, b):
+    from numba.cuda import libdevice
+    from numba.np.numpy_support import as_dtype
+
+    if not (isinstance(a, types.Number) and isinstance(b, types.Number)):
+        return None
+    result = np.result_type(as_dtype(a), as_dtype(b))  # the type of a * b (an integer x0 is float64's)
+    if result == np.float32:
+        return lambda a, b: libdevice.fmul_rn(np.float32(a), np.float32(b))
+    if result == np.float64:
+        return lambda a, b: libdevice.dmul_rn(np.float64(a), np.float64(b))
+    return lambda a, b: a * b  # integers (exact) and complex (never here)
 
 
 def block_size(count, threads=THREADS):

@@ -11,10 +11,10 @@ from fastgauss._device import diffusion as _diffusion
 from fastgauss._plans import diffusion as plan
 from fastgauss._plans.diffusion import GENERATED_NOISE, GIVEN_NOISE
 from fastgauss._plans.stream import values_per_block
-from fastgauss.cuda import as_flat, as_rows, constant, grid, launch_stream, placeholder, to_device
+from fastgauss.cuda import as_flat, as_rows, constant, grid, launch_stream, placeholder, rounded_product, to_device
 from fastgauss.cuda.random import launch_config, normals, on_device, stream_slot
 
-_d = compile_for(cuda.jit(device=True), _diffusion)
+_d = compile_for(cuda.jit(device=True), _diffusion, overrides={"product": rounded_product})
 _linear_element = _d.linear_element
 _step_element = _d.step_element
 _step_vjp_element = _d.step_vjp_element

@@ -12,15 +12,16 @@ from fastgauss import _device
 from fastgauss._checks import shape_dtype
 from fastgauss._device import random as _random
 from fastgauss._plans.stream import kernel_state, values_per_block
-from fastgauss.cuda import as_flat, block_size, constant, launch_stream
+from fastgauss.cuda import as_flat, block_size, constant, launch_stream, rounded_product
 
 
 def _overrides():
     """On a GPU, fastgauss._device.random.divide is the CPU's multiply-and-FMA quotient (the same
     bits as z / y: the proof is in fastgauss._device.random) instead of the division's instruction
-    sequence; the simulator has no cuda.fma and divides."""
+    sequence; the simulator has no cuda.fma and divides. Products that feed a sum round by
+    themselves (fastgauss.cuda.rounded_product), as on the CPU."""
     if config.ENABLE_CUDASIM:
-        return {}
+        return {"product": rounded_product}
 
     @cuda.jit(device=True)
     def divide(z, d):
@@ -30,7 +31,7 @@ def _overrides():
             q = cuda.fma(z, d[1], z * d[2])
         return cuda.fma(cuda.fma(-q, d[0], z), d[1], q)
 
-    return {"divide": divide}
+    return {"divide": divide, "product": rounded_product}
 
 
 _d = _device.compile_for(cuda.jit(device=True), _random, overrides=_overrides())
@@ -158,7 +159,7 @@ def philox4x32_10(counters, keys, out):
 @cuda.jit(cache=True)
 def _scale_shift(out, scale, shift):
     for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
-        out[i] = out[i] * scale + shift
+        out[i] = rounded_product(out[i], scale) + shift  # two roundings, as the CPU's out *= scale; out += shift
 
 
 def scale_shift(out, scale, shift):
