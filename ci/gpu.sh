@@ -6,7 +6,9 @@
 #   ci/gpu.sh          every test that runs a CUDA kernel (-k "cuda or gpu": the cuda backend's
 #                      parametrizations, tests/test_cuda_kernels.py, tests/test_gpu.py for torch
 #                      CUDA tensors and CuPy/Dask), the main job with --quick (its cuda rows),
-#                      then the benchmarks' cuda rows: fits a 15-minute GPU lease (about 3 min)
+#                      then the benchmarks' cuda rows, benchmarks/bandwidth_cuda.py (GPU time
+#                      against the device copy, torch, CuPy) and benchmarks/normals_cuda_vs_cpu.py
+#                      (the GPU's bits against the CPU's): fits a 15-minute GPU lease (about 4 min)
 #   ci/gpu.sh --full   the whole test suite, the main job and every benchmark
 #
 # GPU_TEST_TIMEOUT / GPU_BENCH_TIMEOUT (seconds) bound each step, so that a slow step still
@@ -52,4 +54,8 @@ bench_select=(-k cuda --benchmark-max-time=0.5)  # GPU rows take microseconds: 0
 timeout "${GPU_BENCH_TIMEOUT:-1800}" "$python" -m pytest benchmarks -q -p no:cacheprovider --benchmark-only "${bench_select[@]}" \
     --benchmark-json="$out/bench.json" 2>&1 | tail -40 > "$out/bench.txt"
 if [ -s "$out/bench.json" ]; then "$python" benchmarks/report.py "$out/bench.json" | tee "$out/table.md"; else status=1; fi
+# The kernels' own GPU time against the device copy, torch and CuPy; the GPU's numbers against the CPU's.
+timeout "${GPU_BENCH_TIMEOUT:-1800}" "$python" benchmarks/bandwidth_cuda.py "$out" > "$out/bandwidth.log" 2>&1 || status=1
+timeout "${GPU_BENCH_TIMEOUT:-1800}" "$python" benchmarks/normals_cuda_vs_cpu.py "$out" > "$out/normals.log" 2>&1 || status=1
+cat "$out/bandwidth.md" "$out/normals.md" 2>/dev/null
 exit $status
