@@ -9,8 +9,9 @@ capability, then assembles the PTX with ptxas (``-v``: registers, spills, shared
 
 It fails, naming the kernel and the signature, on any typing, lowering, NVVM or ptxas
 error, on a fused multiply-add in the noise and diffusion kernels that the CPU does not
-compute (``_unintended_fmas``: they must give the CPU's bits), on a recorded argument type that is not a plain array/scalar/tuple, and on a
-kernel of fastgauss.cuda that the recorded run never launched. With ``--report FILE``
+compute (``_unintended_fmas``: they must give the CPU's bits), on a recorded argument
+type that is not a plain array/scalar/tuple, and on a kernel of fastgauss.cuda that the
+recorded run never launched. With ``--report FILE``
 it rewrites the section between the cuda-compile markers of FILE (benchmarks/README.md):
 registers and spill bytes per kernel for the first architecture (sm_90).
 
