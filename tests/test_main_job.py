@@ -90,3 +90,21 @@ def test_the_cuda_rows_put_every_array_argument_on_the_device():
     call = next(c for c in EXAMPLES["ddpm_step"]((2, 3, 4, 4), np.float32, np.random.default_rng(0)) if "noise" in c.kwargs)
     timing = main_job._time(call, "cuda", _selfcheck.run(call, "numpy"), repeats=3)
     assert len(timing.runs) == 3
+
+
+def test_the_self_check_workers_take_whole_groups_of_ops_that_share_kernels():
+    # One op a task compiled a shared kernel in every worker that met it (26 of 119 s of a cold
+    # --quick); a group is a backend family (mvn's algebra ops apart), every op in exactly one.
+    from fastgauss._dispatch import OPS
+
+    groups = main_job.kernel_groups()
+    names = [op for group in groups for op in group]
+    assert sorted(names) == sorted(OPS) and len(names) == len(set(names))
+    for group in groups:
+        assert len({OPS[op].family for op in group}) == 1, group
+    families = {OPS[group[0]].family: [] for group in groups}
+    for group in groups:
+        families[OPS[group[0]].family].append(set(group))
+    assert families["mvn"] == [{op for op in OPS if OPS[op].family == "mvn"} - set(main_job.MVN_ALGEBRA), set(main_job.MVN_ALGEBRA)]
+    assert all(len(split) == 1 for family, split in families.items() if family != "mvn")
+    assert main_job.check_ops.__module__ == "fastgauss._selfcheck"  # spawn workers import it; __main__ they cannot
