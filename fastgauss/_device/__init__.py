@@ -2,7 +2,9 @@
 
 These are plain Python functions. ``fastgauss.cpu`` wraps them with ``numba.njit``
 and ``fastgauss.cuda`` with ``numba.cuda.jit(device=True)``, so the CPU and the GPU
-evaluate the same expression in the same order.
+evaluate the same expression in the same order. Where the bits must match (random,
+diffusion), a product that feeds a sum is written ``product(a, b)``: NVVM would fuse a
+plain a * b + c into one FMA, and the CUDA target's ``product`` is never fused.
 """
 
 import types
