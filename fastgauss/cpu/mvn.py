@@ -663,14 +663,14 @@ def mvn_kl_vjp(cotangent, mean1, cov1, mean2, cov2, batch, *, grad_mean1, grad_c
 # mixed-dtype inputs): one specialization per dtype. A covariance shared by several outputs
 # (a broadcast batch) is read, and its block factored, once per output.
 
-# The algebra's device functions are compiled without Numba-level inlining (LLVM still inlines
-# them): the same speed, and half the compile time of kalman_update's kernel (8 s -> 4 s a dtype).
-_a = _device.compile_for(numba.njit(**DEVICE), _mvn)
-_marginal = _a.marginal
-_condition = _a.condition
-_affine = _a.affine
-_product = _a.product
-_kalman = _a.kalman
+# The algebra's device functions are _g's, compiled without Numba-level inlining (LLVM still
+# inlines them): the same speed, and half the compile time of kalman_update's kernel (8 s -> 4 s
+# a dtype); one set with the backward passes', so a function both use compiles once.
+_marginal = _g.marginal
+_condition = _g.condition
+_affine = _g.affine
+_product = _g.product
+_kalman = _g.kalman
 
 
 @numba.njit(parallel=True, **KERNEL)
