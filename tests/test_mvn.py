@@ -437,6 +437,23 @@ def test_kl_broadcasting_parity_and_errors(backend):
         fastgauss.mvn_kl(*on(backend, m1, indefinite_at(c1.copy(), (3,), 2), m2, c2), backend=backend)
 
 
+@pytest.mark.parametrize("d, cov_batch", [(4, (6,)), (4, (1,)), (LAPACK_MIN_D + 1, (6,))])
+def test_float32_inputs_give_the_float64_result_rounded(d, cov_batch):
+    # The cpu kernels read float32 inputs as they are and widen each value on load (no float64
+    # copy first): the result must be the float64 computation on the widened inputs, rounded.
+    # Cases: covariances factored in the kernel, one covariance factored first, LAPACK's order.
+    rng = np.random.default_rng(23)
+    x, m1, m2 = (rng.standard_normal((6, d)).astype(np.float32) for _ in range(3))
+    c1, c2 = (spd(rng, cov_batch, d).astype(np.float32) for _ in range(2))
+    wide = [a.astype(np.float64) for a in (x, m1, c1, m2, c2)]
+    got = fastgauss.mvn_logpdf(x, m1, c1, backend="cpu")
+    want = fastgauss.mvn_logpdf(wide[0], wide[1], wide[2], backend="cpu").astype(np.float32)
+    assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    got = fastgauss.mvn_kl(m1, c1, m2, c2, backend="cpu")
+    want = fastgauss.mvn_kl(*wide[1:], backend="cpu").astype(np.float32)
+    assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
 # --- parity over random shapes (hypothesis) ------------------------------------------------------
 
 batch_shapes = st.lists(st.integers(1, 3), min_size=0, max_size=2).map(tuple)
