@@ -318,8 +318,8 @@ def mvn_kl(mean1, cov1, mean2, cov2, batch, out):
 # gradient when each covariance serves one output; otherwise the factor gradients are summed
 # over each matrix's preimage (``_plans.mvn.broadcast_geometry``) first, in segments whose
 # partials are added in order, then reversed once per matrix (``_tril_vjp_kernel``).
-# mvn_logpdf and mvn_kl read float32 inputs as they are (as their forward kernels) and write
-# float64 gradients; mvn_sample's reads the cotangent and noise in the result
+# mvn_logpdf and mvn_kl take float64 inputs and write float64 gradients (one specialization
+# each, as their forward kernels); mvn_sample's reads the cotangent and noise in the result
 # dtype, the dtype its noise is regenerated in.
 
 from fastgauss._plans.mvn import broadcast_geometry, segments  # noqa: E402
@@ -604,19 +604,12 @@ def mvn_sample_vjp(cotangent, mean, cov, scale_tril, batch, noise, *, stream, gr
     return status
 
 
-def _read_dtype(*arrays):
-    """float32 when every input is: the backward kernels read such inputs as they are (and widen
-    each value on load); otherwise float64, the mixed ones widened by a copy."""
-    return np.float32 if all(a.dtype == np.float32 for a in arrays) else np.float64
-
-
 def mvn_logpdf_vjp(cotangent, x, mean, cov, scale_tril, batch, *, grad_x, grad_mean, grad_cov, grad_scale_tril):
     matrix = cov if cov is not None else scale_tril
     grad_matrix = grad_cov if cov is not None else grad_scale_tril
     n = cotangent.size
     d = x.shape[-1]
-    dtype = _read_dtype(cotangent, x, mean, matrix)
-    factors = plan.factor_first(TARGET, [("cov", _matrices(matrix, dtype), cov is not None)], n)
+    factors = plan.factor_first(TARGET, [("cov", _matrices(matrix, np.float64), cov is not None)], n)
     if factors.done:
         return factors.status
     (mat,), (fused,) = factors.mats, factors.fused
@@ -626,8 +619,8 @@ def mvn_logpdf_vjp(cotangent, x, mean, cov, scale_tril, batch, *, grad_x, grad_m
     codes = np.zeros(mat.shape[0] if fused else 0, np.int32)
     want = (grad_x is not None, grad_mean is not None, grad_matrix is not None)
     launch(
-        _logpdf_vjp_kernel, np.ascontiguousarray(cotangent.reshape(-1), dtype=dtype), _vectors(x, dtype),
-        _vectors(mean, dtype), mat, fused, shape, np.stack(strides), per_chunk(n), want, gx, gm, identity[2],
+        _logpdf_vjp_kernel, np.ascontiguousarray(cotangent.reshape(-1), dtype=np.float64), _vectors(x, np.float64),
+        _vectors(mean, np.float64), mat, fused, shape, np.stack(strides), per_chunk(n), want, gx, gm, identity[2],
         cov is not None, gmat, codes,
     )
     status = plan.record_fused(TARGET, factors, ["cov"], [codes])
@@ -642,8 +635,7 @@ def mvn_logpdf_vjp(cotangent, x, mean, cov, scale_tril, batch, *, grad_x, grad_m
 def mvn_kl_vjp(cotangent, mean1, cov1, mean2, cov2, batch, *, grad_mean1, grad_cov1, grad_mean2, grad_cov2):
     n = cotangent.size
     d = mean1.shape[-1]
-    dtype = _read_dtype(cotangent, mean1, cov1, mean2, cov2)
-    factors = plan.factor_first(TARGET, [("cov1", _matrices(cov1, dtype), True), ("cov2", _matrices(cov2, dtype), True)], n)
+    factors = plan.factor_first(TARGET, [("cov1", _matrices(cov1, np.float64), True), ("cov2", _matrices(cov2, np.float64), True)], n)
     if factors.done:
         return factors.status
     mats, fused = factors.mats, factors.fused
@@ -654,8 +646,8 @@ def mvn_kl_vjp(cotangent, mean1, cov1, mean2, cov2, batch, *, grad_mean1, grad_c
     targets = [_per_point(g, same, n, tail) for g, same, tail in zip(grads, identity, ((d,), (d, d), (d,), (d, d)))]
     codes = [np.zeros(mat.shape[0] if fuse else 0, np.int32) for mat, fuse in zip(mats, fused)]
     launch(
-        _kl_vjp_kernel, np.ascontiguousarray(cotangent.reshape(-1), dtype=dtype), _vectors(mean1, dtype), mats[0], fused[0],
-        _vectors(mean2, dtype), mats[1], fused[1], shape, np.stack(strides), per_chunk(n), tuple(g is not None for g in grads),
+        _kl_vjp_kernel, np.ascontiguousarray(cotangent.reshape(-1), dtype=np.float64), _vectors(mean1, np.float64), mats[0], fused[0],
+        _vectors(mean2, np.float64), mats[1], fused[1], shape, np.stack(strides), per_chunk(n), tuple(g is not None for g in grads),
         (identity[1], identity[3]), targets[0], targets[2], targets[1], targets[3], codes[0], codes[1],
     )
     status = plan.record_fused(TARGET, factors, ["cov1", "cov2"], codes)
