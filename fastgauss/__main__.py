@@ -91,7 +91,8 @@ def numba_isa():
 # The mvn algebra ops have kernels of their own, apart from the sampling and density ops'.
 MVN_ALGEBRA = ("mvn_affine", "mvn_marginal", "mvn_condition", "gaussian_product", "kalman_update")
 # Compile time on a cold cache, largest first (cold --quick, 2-core Intel Xeon): the KL family
-# about 31 s, the two mvn groups about 18 s each, objective 10 s, diffusion 9 s, random 7 s.
+# about 31 s, mvn's sampling and density ops about 21-25 s, its algebra 15 s, objective 10 s,
+# diffusion 9 s, random 7 s.
 GROUP_ORDER = ("kl", "mvn", "mvn algebra", "objective", "diffusion", "random")
 
 

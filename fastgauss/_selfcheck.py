@@ -77,8 +77,6 @@ def check_op(op, backends, quick=False):
     return results
 
 
-
-
 def check_ops(ops, backends, quick=False):
     """check_op of each op in ``ops``, in one process (a worker of the main job's pool: ops that
     share kernels compile them once)."""
