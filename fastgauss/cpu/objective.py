@@ -19,7 +19,6 @@ import numba
 import numpy as np
 
 from fastgauss import _checks, _device
-from fastgauss._device import kl as _kl
 from fastgauss._device import objective as _objective
 from fastgauss._device.objective import DECODER, LOGVAR, LOSS, MSE_WEIGHT, VLB
 from fastgauss._plans import objective as plan
@@ -42,6 +41,7 @@ _called = _device.compile_for(numba.njit(**DEVICE), _objective, linked=(_cpu_kl.
 _bound_decoder = _called.bound_decoder
 _bound_gradient = _called.bound_gradient
 _item, _chunk_sum, _combine, segment, at = _cpu_kl._item, _cpu_kl._chunk_sum, _cpu_kl._combine, _cpu_kl.segment, _cpu_kl.at
+constants_like = _cpu_kl.constants_like
 
 
 @_inline
@@ -67,12 +67,13 @@ def _fill(op, k, a, b, u, w, target, c):
 
 
 @numba.njit(parallel=True, **KERNEL)
-def _forward(op, a, b, u, w, table, c, values, partials, rows, width, chunks_per_row, rows_per_item):
+def _forward(op, a, b, u, w, table, values, partials, rows, width, chunks_per_row, rows_per_item):
     """values[r, start:stop] = the op's terms; or, when reducing (partials not empty), one
     float64 partial sum per (row, chunk) of them (as fastgauss.cpu.kl._rows)."""
     reducing = partials.size > 0
     for item in numba.prange(-(-rows // rows_per_item) * chunks_per_row):
         prefer_wide_vectors()
+        c = constants_like(values)
         first, last, chunk, start, stop = _item(item, rows, width, chunks_per_row, rows_per_item)
         buffer = np.empty(stop - start if reducing else 0, values.dtype)
         for r in range(first, last):
@@ -84,13 +85,14 @@ def _forward(op, a, b, u, w, table, c, values, partials, rows, width, chunks_per
 
 
 @numba.njit(parallel=True, **KERNEL)
-def _backward(op, a, b, u, w, table, c, scale, ga, gb, gu, gw, wants, rows, width, chunks_per_row, rows_per_item):
+def _backward(op, a, b, u, w, table, scale, ga, gb, gu, gw, wants, rows, width, chunks_per_row, rows_per_item):
     """g?[r, j] = scale(r, j) * d term / d operand, for the wanted operands (``wants``: four
     booleans; an unwanted gradient is a (1, 1) array never written). ``scale`` is the
     cotangent per row (1-D, divided by the width for a mean) or per element (2-D)."""
     want_a, want_b, want_u, want_w = wants
     for item in numba.prange(-(-rows // rows_per_item) * chunks_per_row):
         prefer_wide_vectors()
+        c = constants_like(ga)
         first, last, _, start, stop = _item(item, rows, width, chunks_per_row, rows_per_item)
         for r in range(first, last):
             k = _coefficients(table, r)
@@ -139,16 +141,15 @@ def _run(op, arrays, table, shape, reduce, out):
     if _cpu_kl.nothing_to_compute(out, rows, width, reduce):
         return
     operands = _operands(arrays, rows, width, dtype)
-    c = _kl.constants(dtype)
     chunks_per_row, rows_per_item = _cpu_kl._plan(rows, width)
     if reduce is None:
         values = out.reshape(rows, width) if out.flags.c_contiguous else np.empty((rows, width), dtype)
-        launch(_forward, op, *operands, table, c, values, np.empty(0), rows, width, chunks_per_row, rows_per_item)
+        launch(_forward, op, *operands, table, values, np.empty(0), rows, width, chunks_per_row, rows_per_item)
         if not np.may_share_memory(values, out):
             out[...] = values.reshape(out.shape)
         return
     partials = np.empty(rows * chunks_per_row)
-    launch(_forward, op, *operands, table, c, np.empty((1, 1), dtype), partials, rows, width, chunks_per_row, rows_per_item)
+    launch(_forward, op, *operands, table, np.empty((1, 1), dtype), partials, rows, width, chunks_per_row, rows_per_item)
     sums = out if out.flags.c_contiguous else np.empty(rows, dtype)
     launch(_combine, partials, chunks_per_row, width, _cpu_kl.MODES[reduce], sums)
     if sums is not out:
@@ -173,7 +174,7 @@ def _run_vjp(op, cotangent, arrays, table, shape, reduce, grads):
     ]
     wants = tuple(g is not None for g in grads)
     chunks_per_row, rows_per_item = _cpu_kl._plan(rows, width)
-    launch(_backward, op, *operands, table, _kl.constants(dtype), scale, *targets, wants, rows, width, chunks_per_row, rows_per_item)
+    launch(_backward, op, *operands, table, scale, *targets, wants, rows, width, chunks_per_row, rows_per_item)
     for g, target in zip(grads, targets):
         if g is not None and not np.may_share_memory(g, target):
             g[...] = target.reshape(g.shape)
