@@ -90,15 +90,17 @@ def numba_isa():
 
 # The mvn algebra ops have kernels of their own, apart from the sampling and density ops'.
 MVN_ALGEBRA = ("mvn_affine", "mvn_marginal", "mvn_condition", "gaussian_product", "kalman_update")
-# Compile time on a cold cache, largest first (cold --quick, 2-core Intel Xeon): the KL family
-# about 31 s, mvn's sampling and density ops about 21-25 s, its algebra 15 s, objective 10 s,
-# diffusion 9 s, random 7 s.
-GROUP_ORDER = ("kl", "mvn", "mvn algebra", "objective", "diffusion", "random")
+# Each group's --quick self-check on a cold cache, alone in a process (2-core Intel Xeon): mvn's
+# sampling and density ops 29.8 s, the KL family 27.8 s, objective 14.1 s, mvn's algebra 16.9 s,
+# diffusion 12.3 s, random 7.5 s. In this order two workers end together: {mvn, algebra,
+# random} and {KL, objective, diffusion}, 54 s each (a cold --quick 1-2 s sooner than largest
+# first, side by side). The objective goes with the KL family, whose device functions it links.
+GROUP_ORDER = ("mvn", "kl", "objective", "mvn algebra", "diffusion", "random")
 
 
 def kernel_groups():
-    """The ops in groups that share compiled kernels (a backend family; mvn in two), the
-    longest to compile first, so that a pool of workers balances them."""
+    """The ops in groups that share compiled kernels (a backend family; mvn in two), in the
+    order ``GROUP_ORDER`` (measured), which a pool of two workers takes in balance."""
     groups = {}
     for name, op in OPS.items():
         groups.setdefault("mvn algebra" if name in MVN_ALGEBRA else op.family, []).append(name)
@@ -113,7 +115,7 @@ def self_check(backends, jobs=1, quick=False):
     With jobs > 1 the ops are checked in that many worker processes: on a cold Numba cache
     the check is mostly compilation, which is single-threaded, so the workers compile (into
     the shared disk cache) in parallel and the benchmarks then load the kernels from it. A
-    worker takes a whole group of ops that share kernels (``kernel_groups``), largest first:
+    worker takes a whole group of ops that share kernels (``kernel_groups``, in a measured order):
     one op a task compiled a shared kernel in every worker that met it (26 of 119 s of compile
     time on a cold --quick)."""
     if jobs > 1:
