@@ -55,12 +55,14 @@ def _partials(op, a, b, u, w, table, c, width, partials):
 @cuda.jit(cache=True)
 def _backward(op, a, b, u, w, table, c, scale, factor, ga, gb, gu, gw, want_a, want_b, want_u, want_w):
     """g?[r, j] = factor scale(r, j) d term / d operand for the wanted operands; ``scale`` is
-    (rows, 1) (the cotangent per sample) or (rows, width)."""
+    (rows, 1) (the cotangent per sample) or (rows, width). The derivatives are evaluated in
+    float64 (a float64 table and constants), whatever the operands' dtype: see
+    fastgauss.cpu.objective._backward."""
     rows, width = a.shape
     for r in range(cuda.blockIdx.y, rows, cuda.gridDim.y):
         k = _coefficients(table, r)
         for j in range(cuda.grid(1), width, cuda.gridsize(1)):
-            d_a, d_b, d_u, d_w = _gradient(op, k, a[r, j], b[r, j], u[r, j], w[r, j], c)
+            d_a, d_b, d_u, d_w = _gradient(op, k, float64(a[r, j]), float64(b[r, j]), float64(u[r, j]), float64(w[r, j]), c)
             f = factor * scale[r, j if scale.shape[1] > 1 else 0]
             if want_a:
                 ga[r, j] = f * d_a
@@ -116,7 +118,7 @@ def _run_vjp(op, cotangent, names, arrays, table, shape, reduce, grads):
     unused = placeholder((1, 1), dtype)
     targets = [unused if g is None else as_flat("gradient", _numba_view(g)).reshape(rows, width) for g in grads]
     blocks, threads = grid(rows, width)
-    _backward[blocks, threads, launch_stream()](op, *operands, constant(table), _kl.constants(dtype), scale, factor, *targets,
+    _backward[blocks, threads, launch_stream()](op, *operands, constant(table), _kl.F64, scale, factor, *targets,
                                *(g is not None for g in grads))
 
 
@@ -126,10 +128,6 @@ def _table(op, schedule, t, shape, dtype, **options):
 
 def _shape(a):
     return tuple(_checks.shape_dtype(a)[0])
-
-
-def _grad_dtype(*grads):
-    return next(_checks.shape_dtype(g)[1] for g in grads if g is not None)
 
 
 # --- backend functions ----------------------------------------------------------------------
@@ -173,7 +171,7 @@ def vlb_terms_vjp(cotangent, x0, xt, t, model_output, schedule, var_output, *, p
                   x0_grad, xt_grad, model_output_grad, var_output_grad):
     shape = _shape(x0)
     grads = (x0_grad, xt_grad, model_output_grad, var_output_grad)
-    op, table = _table("vlb_terms", schedule, t, shape, _grad_dtype(*grads), prediction=prediction, var_kind=var_kind, clip=clip)
+    op, table = _table("vlb_terms", schedule, t, shape, np.float64, prediction=prediction, var_kind=var_kind, clip=clip)
     v = model_output if var_output is None else var_output
     _run_vjp(op, cotangent, ("x0", "xt", "model_output", "var_output"), (x0, xt, model_output, v), table, shape, reduce, grads)
 
@@ -181,7 +179,7 @@ def vlb_terms_vjp(cotangent, x0, xt, t, model_output, schedule, var_output, *, p
 def diffusion_loss_vjp(cotangent, model_output, x0, noise, t, schedule, *, prediction, weighting, gamma, reduce,
                        model_output_grad, x0_grad):
     shape = _shape(x0)
-    op, table = _table("diffusion_loss", schedule, t, shape, _grad_dtype(model_output_grad, x0_grad), prediction=prediction,
+    op, table = _table("diffusion_loss", schedule, t, shape, np.float64, prediction=prediction,
                        weighting=weighting, gamma=gamma)
     _run_vjp(op, cotangent, ("model_output", "x0", "noise"), (model_output, x0, noise), table, shape, reduce,
              (model_output_grad, x0_grad, None, None))
@@ -190,7 +188,7 @@ def diffusion_loss_vjp(cotangent, model_output, x0, noise, t, schedule, *, predi
 def hybrid_loss_vjp(cotangent, model_output, var_output, x0, noise, t, schedule, *, prediction, var_kind, weighting, gamma,
                     vb_scale, reduce, model_output_grad, var_output_grad):
     shape = _shape(x0)
-    op, table = _table("hybrid_loss", schedule, t, shape, _grad_dtype(model_output_grad, var_output_grad), prediction=prediction,
+    op, table = _table("hybrid_loss", schedule, t, shape, np.float64, prediction=prediction,
                        var_kind=var_kind, weighting=weighting, gamma=gamma, vb_scale=vb_scale)
     _run_vjp(op, cotangent, ("x0", "noise", "model_output", "var_output"), (x0, noise, model_output, var_output), table, shape,
              reduce, (None, None, model_output_grad, var_output_grad))
