@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from fastgauss.reference.diffusion import _per_sample
-from fastgauss.reference.kl import _finish, approx_standard_normal_cdf
+from fastgauss.reference.kl import _finish, approx_standard_normal_pdf, discretized_probabilities
 from fastgauss.reference.kl import discretized_gaussian_log_likelihood as _discretized
 from fastgauss.reference.kl import normal_kl as _normal_kl
 
@@ -61,7 +61,9 @@ def _model_x0(xt, m, t, schedule, prediction, clip):
     d x0_hat / d m, d x0_hat / d x_t where the clip passes it through (0 where it clips)."""
     abar = _table(schedule.alphas_cumprod, t, xt.ndim)
     if prediction == "epsilon":
-        ax, am = np.sqrt(1.0 / abar), -np.sqrt(1.0 / abar - 1)
+        # sqrt(1/abar - 1) as sqrt(1 - abar) / sqrt(abar): 1/abar - 1 cancels near abar = 1 (4 of
+        # 16 digits lost at t = 0 of the linear schedule; 1 - abar is exact there)
+        ax, am = np.sqrt(1.0 / abar), -np.sqrt(1.0 - abar) / np.sqrt(abar)
     elif prediction == "sample":
         ax, am = np.zeros_like(abar), np.ones_like(abar)
     else:
@@ -182,12 +184,6 @@ def _cotangent(cotangent, shape, reduce):
     return c / math.prod(shape[1:]) if reduce == "mean" else c
 
 
-def _approx_pdf(z):
-    """d/dz of the tanh CDF approximation."""
-    y = math.sqrt(2.0 / math.pi) * (z + 0.044715 * z**3)
-    return 0.5 * (1.0 - np.tanh(y) ** 2) * math.sqrt(2.0 / math.pi) * (1.0 + 3 * 0.044715 * z**2)
-
-
 def _vlb_partials(x0, p):
     """(d/d x0, d/d true_mean, d/d mean, d/d logvar) of the vlb elements in nats."""
     with np.errstate(all="ignore"):
@@ -199,12 +195,11 @@ def _vlb_partials(x0, p):
         inv_stdv = np.exp(-0.5 * p["logvar"])
         z_plus = inv_stdv * (x0 - p["mean"] + 1.0 / BINS)
         z_min = inv_stdv * (x0 - p["mean"] - 1.0 / BINS)
-        cdf_plus, cdf_min = approx_standard_normal_cdf(z_plus), approx_standard_normal_cdf(z_min)
+        forward, prob = discretized_probabilities(x0, z_plus, z_min, inv_stdv / BINS)
         low, high = x0 < -0.999, x0 > 0.999
-        prob = np.where(low, cdf_plus, np.where(high, 1 - cdf_min, cdf_plus - cdf_min))
-        alive = ~(prob < 1e-12)
-        g_plus = np.where(alive & ~high, _approx_pdf(z_plus) / prob, 0.0)  # d log P / d z_plus
-        g_min = np.where(alive & ~low, -_approx_pdf(z_min) / prob, 0.0)
+        alive = ~(forward < 1e-12)
+        g_plus = np.where(alive & ~high, approx_standard_normal_pdf(z_plus) / prob, 0.0)  # d log P / d z_plus
+        g_min = np.where(alive & ~low, -approx_standard_normal_pdf(z_min) / prob, 0.0)
         dec_x = -inv_stdv * (g_plus + g_min)
         dec_logvar = 0.5 * (g_plus * z_plus + g_min * z_min)
     decoder = p["decoder"]
