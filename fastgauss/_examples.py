@@ -251,7 +251,7 @@ def _mvn_sample_vjp(shape, dtype, rng):
         ),
         Call(
             "scale_tril, size (2, 5)", _gradients("mvn_sample", ["mean", "scale_tril"], ["scale_tril"]),
-            (rng.standard_normal((2, 5, 3, MVN_D)).astype(dtype), mean[0], scale_tril), {"size": (2, 5), "rng": SEED},
+            (rng.standard_normal((2, 5, len(scale_tril), MVN_D)).astype(dtype), mean[0], scale_tril), {"size": (2, 5), "rng": SEED},
         ),
     ]
 
