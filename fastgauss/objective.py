@@ -9,8 +9,8 @@ PyTorch adapter call). validate -> dispatch -> backend function, as every op.
 Shapes: the data arguments (x0, x_t, model_output, var_output, noise) share one shape
 (B, ...); t is an integer or an integer array (B,). dtype: numpy.result_type of the data
 arguments (float32 computed natively; reductions accumulate in float64 in a fixed order; the
-bound's backward evaluates its derivatives in float64, as the KL family's does, since its
-cancellations cost float32 up to 3e-5 of a sample's gradient scale).
+backward passes evaluate their derivatives in float64, as the KL family's do, since the
+bound's cancellations cost float32 up to 3e-5 of a sample's gradient scale).
 """
 
 import math

@@ -56,8 +56,8 @@ def _partials(op, a, b, u, w, table, c, width, partials):
 def _backward(op, a, b, u, w, table, c, scale, factor, ga, gb, gu, gw, want_a, want_b, want_u, want_w):
     """g?[r, j] = factor scale(r, j) d term / d operand for the wanted operands; ``scale`` is
     (rows, 1) (the cotangent per sample) or (rows, width). The derivatives are evaluated in
-    float64 (a float64 table and constants), whatever the operands' dtype: see
-    fastgauss.cpu.objective._backward."""
+    float64 (a float64 table and constants), whatever the operands' dtype, as the CPU's are
+    (fastgauss.cpu.objective._backward)."""
     rows, width = a.shape
     for r in range(cuda.blockIdx.y, rows, cuda.gridDim.y):
         k = _coefficients(table, r)
