@@ -20,6 +20,7 @@ import numpy as np
 
 from fastgauss import _checks, _device
 from fastgauss._device import objective as _objective
+from fastgauss._device.kl import F64
 from fastgauss._device.objective import DECODER, LOGVAR, LOSS, MSE_WEIGHT, VLB
 from fastgauss._plans import objective as plan
 from fastgauss.cpu import diffusion as _cpu_diffusion
@@ -41,7 +42,7 @@ _called = _device.compile_for(numba.njit(**DEVICE), _objective, linked=(_cpu_kl.
 _bound_decoder = _called.bound_decoder
 _bound_gradient = _called.bound_gradient
 _item, _chunk_sum, _combine, segment, at = _cpu_kl._item, _cpu_kl._chunk_sum, _cpu_kl._combine, _cpu_kl.segment, _cpu_kl.at
-constants_like, _F64 = _cpu_kl.constants_like, _cpu_kl._F64
+constants_like = _cpu_kl.constants_like
 
 
 @_inline
@@ -98,7 +99,7 @@ def _backward(op, a, b, u, w, table, scale, ga, gb, gu, gw, wants, rows, width, 
     want_a, want_b, want_u, want_w = wants
     for item in numba.prange(-(-rows // rows_per_item) * chunks_per_row):
         prefer_wide_vectors()
-        c = _F64
+        c = F64
         first, last, _, start, stop = _item(item, rows, width, chunks_per_row, rows_per_item)
         for r in range(first, last):
             k = _coefficients(table, r)
