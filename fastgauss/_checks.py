@@ -133,15 +133,16 @@ def sample_shape(size):
 
 
 def data_array(name, x, on_device):
-    """Host data becomes an ndarray; device arrays pass through untouched."""
+    """Host data becomes an ndarray in the machine's byte order (a copy only for data in the
+    other order: the kernels read native numbers); device arrays pass through untouched."""
     if on_device:
         return x
-    if isinstance(x, np.ndarray):
-        return x
-    try:
-        return np.asarray(x)
-    except Exception as exc:
-        raise TypeError(f"{name} must be array-like; got {type(x).__name__}") from exc
+    if not isinstance(x, np.ndarray):
+        try:
+            x = np.asarray(x)
+        except Exception as exc:
+            raise TypeError(f"{name} must be array-like; got {type(x).__name__}") from exc
+    return x if x.dtype.isnative else x.astype(x.dtype.newbyteorder("="))
 
 
 def shape_dtype(x):
@@ -157,10 +158,12 @@ def shape_dtype(x):
 def result_dtype(**dtypes):
     """NumPy's result_type of the array arguments; integer/bool data becomes float64.
 
-    Only float32 and float64 are computed natively; anything else is a TypeError.
+    Only float32 and float64 are computed natively; anything else is a TypeError. Byte order
+    does not matter (data in the other order, e.g. read from a FITS file, is converted as
+    NumPy's ufuncs convert it); the result is in the machine's order.
     """
+    dtypes = {name: np.dtype(value).newbyteorder("=") for name, value in dtypes.items()}
     for name, value in dtypes.items():
-        value = np.dtype(value)
         if value.kind not in "biu" and value not in COMPUTE_DTYPES:
             raise TypeError(f"unsupported dtype {value} for {name}; fastgauss computes in float32 or float64")
     try:

@@ -1,4 +1,4 @@
-"""Backend resolution, host/device rules, the reference module, and lazy imports."""
+"""Backend resolution, host/device rules, host data in either byte order, the reference module, and lazy imports."""
 
 import inspect
 import os
@@ -188,3 +188,33 @@ def test_every_registered_op_has_an_example_for_the_main_job():
     from fastgauss._examples import EXAMPLES
 
     assert set(EXAMPLES) == set(_dispatch.OPS)
+
+
+def _in_other_byte_order(value):
+    if isinstance(value, np.ndarray) and value.dtype.kind in "fiub":
+        return value.astype(value.dtype.newbyteorder("S"))
+    return value
+
+
+# One op per way its host inputs reach a kernel: the diffusion ops pass their arrays through
+# as they are (the step and its gradient too), the others convert to the result dtype.
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+@pytest.mark.parametrize("op", ["q_sample", "ddpm_step", "ddpm_step_vjp", "normal_kl", "mvn_condition", "hybrid_loss"])
+def test_host_data_in_the_other_byte_order_gives_the_same_bits(op, backend):
+    """Arrays in the non-native byte order (FITS files, some HDF5 data) are converted, as
+    NumPy's ufuncs convert them: the result is the native-order call's, bit for bit."""
+    from fastgauss._examples import EXAMPLES
+    from fastgauss._selfcheck import CHECK_SHAPE, run
+
+    call = EXAMPLES[op](CHECK_SHAPE, np.float32, np.random.default_rng(5))[0]
+    swapped = call._replace(
+        args=tuple(_in_other_byte_order(a) for a in call.args),
+        kwargs={k: _in_other_byte_order(v) for k, v in call.kwargs.items()},
+    )
+    assert any(isinstance(a, np.ndarray) and not a.dtype.isnative for a in swapped.args)
+    expected, got = run(call, backend), run(swapped, backend)
+    expected, got = (expected, got) if isinstance(expected, tuple) else ((expected,), (got,))
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert g.dtype == e.dtype and g.dtype.isnative
+        np.testing.assert_array_equal(g, e)
