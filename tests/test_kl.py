@@ -554,6 +554,23 @@ def test_infinities_follow_numpy(backend):
     assert list(got[:2]) == [inf, inf] and got[4] == inf
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kl_gradients_at_infinite_log_variances_are_the_limits(backend, dtype):
+    """d/dlogvar1 = (e^(v1 - v2) - 1) / 2 and d/dlogvar2 = (1 - e^(v1 - v2) - d^2 e^-v2) / 2
+    (d = mean1 - mean2 = 0.2) have limits at v = +-inf: -1/2 and 1/2, or +-inf. e^x - 1 taken
+    as (e^x - 1 - x) + x was inf - inf = NaN there."""
+    inf = np.inf
+    logvar1 = np.array([-inf, inf, 0.5, 0.5], dtype)
+    logvar2 = np.array([0.2, 0.2, inf, -inf], dtype)
+    mean1, mean2 = np.full(4, 0.3, dtype), np.full(4, 0.1, dtype)
+    args = [to_backend(a, backend) for a in (np.ones(4, dtype), mean1, logvar1, mean2, logvar2)]
+    grads = {k: to_numpy(v) for k, v in fastgauss.vjp(fastgauss.normal_kl, *args, backend=backend).items()}
+    assert list(grads["logvar1"]) == [-0.5, inf, -0.5, inf]
+    assert list(grads["logvar2"]) == pytest.approx([0.5 - 0.02 * math.exp(-0.2), -inf, 0.5, -inf], rel=1e-6)
+    assert list(grads["mean1"][:3]) == pytest.approx([0.2 * math.exp(-0.2)] * 2 + [0.0], rel=1e-6)
+    assert grads["mean1"][3] == inf
+
+
 def test_empty_and_zero_dimensional(backend):
     got = call("normal_logpdf", [np.zeros((0, 3)), 0.0, 0.0], backend)
     assert got.shape == (0, 3)

@@ -9,7 +9,8 @@ instead (arithmetic, then selects), which LLVM vectorizes and the GPU runs as th
 - ``exp``: Cody-Waite reduction x = n ln2 + r, |r| <= ln2 / 2, Taylor polynomial of
   e^r (``taylor``), then the scaling by 2**n = 2**h 2**(n - h), each factor from
   ``pow2``, here a product over the binary digits of |h| by selects;
-- ``exp_excess``: e^x - 1 - x without cancellation near 0 (from the same polynomial);
+- ``exp_excess``: e^x - 1 - x without cancellation near 0 (from the same polynomial), and
+  ``exp_minus_one``: e^x - 1;
 - ``log_unit``: log on [2**-63, 1]: ``split_unit`` scales into [sqrt(1/2), sqrt(2)) by
   selects, then the atanh series (``atanh_series``), as fastgauss._device.random does;
 - the CDF approximation 0.5 (1 + tanh(y)) equals the logistic sigmoid of 2y exactly,
@@ -246,6 +247,14 @@ def exp_excess(x, c):
     return t if n == c.zero else (e - c.one) - x
 
 
+def exp_minus_one(x, c):
+    """e^x - 1, accurate near 0 (``exp_excess`` + x there); inf at inf and -1 at -inf, where
+    exp_excess(x) + x would be inf - inf."""
+    n, r, t = exp_parts(x, c)
+    e = scale2(c.one + (r + t), n, c)
+    return t + x if n == c.zero else e - c.one
+
+
 # --- log ------------------------------------------------------------------------------
 
 
@@ -376,11 +385,10 @@ def normal_product(mean1, logvar1, mean2, logvar2, c):
 def normal_kl_vjp(mean1, logvar1, mean2, logvar2, c):
     """(dKL/dmean1, dKL/dlogvar1, dKL/dmean2, dKL/dlogvar2) of ``normal_kl``:
     d e^-v2, (e^(v1 - v2) - 1) / 2, -d e^-v2, (1 - e^(v1 - v2) - d^2 e^-v2) / 2 with
-    d = mean1 - mean2 (e^x - 1 from ``exp_excess``, accurate as p -> q)."""
+    d = mean1 - mean2 (e^x - 1 from ``exp_minus_one``, accurate as p -> q)."""
     d = mean1 - mean2
     q = d * exp(-logvar2, c)
-    diff = logvar1 - logvar2
-    expm1 = exp_excess(diff, c) + diff
+    expm1 = exp_minus_one(logvar1 - logvar2, c)
     return q, c.half * expm1, -q, -c.half * (expm1 + d * q)
 
 

@@ -29,7 +29,7 @@ returns the derivatives of the weighted term with respect to the op's four opera
 """
 
 from fastgauss._device.diffusion import clamp, term
-from fastgauss._device.kl import discretized_gaussian_log_likelihood, exp, exp_excess, normal_kl, sigmoid
+from fastgauss._device.kl import discretized_gaussian_log_likelihood, exp, exp_minus_one, normal_kl, sigmoid
 
 # Op codes of the kernels: which term an (a, b, u, w) operand set is.
 LOGVAR, VLB, LOSS = 0, 1, 2
@@ -132,7 +132,7 @@ def kl_partials(k, x0, xt, m, v, c):
     d = true_mean - model_mean(k, xt, m)
     inv_var = exp(-logvar, c)
     x = k[TRUE_LOGVAR] - logvar
-    one_minus_ratio = -(exp_excess(x, c) + x)  # 1 - e^(true_logvar - logvar)
+    one_minus_ratio = -exp_minus_one(x, c)  # 1 - e^(true_logvar - logvar)
     g_true = d * inv_var
     return g_true, -g_true, c.half * (one_minus_ratio - d * d * inv_var)
 
