@@ -60,6 +60,30 @@ def test_noise_cotangents_and_the_clamp():
     np.testing.assert_array_equal(grads["xt"], 0.0)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_an_infinite_cotangent_stays_out_of_terms_the_formula_lacks(backend):
+    """A term the step does not have (the noise at t = 0, x_t's path through x0 when the model
+    predicts x0 itself, eps in DDPM) contributes an exact 0, not 0 * inf = NaN; inf elsewhere
+    stays inf and NaN stays NaN. The reference and the kernels agree (they did not: the
+    reference multiplied by the zero coefficients)."""
+    x, noise, g = data(0), data(1), data(2)
+    t = np.array([0, 20, 39])
+    g[:, 0, 0], g[:, 1, 1] = np.inf, np.nan
+    for prediction in ("epsilon", "sample"):
+        grads = fastgauss.vjp("ddpm_step", g, x, noise, t, SCHEDULE, prediction=prediction, noise=x, backend=backend)
+        assert np.all(grads["noise"][0] == 0.0)  # t = 0: no noise term
+        assert np.isinf(grads["noise"][1:, 0, 0]).all() and np.isnan(grads["noise"][:, 1, 1][1:]).all()
+        finite = np.ones(SHAPE, bool)
+        finite[:, 0, 0] = finite[:, 1, 1] = False
+        for name in ("model_output", "xt"):
+            # x_t's only term when the model predicts x0 is posterior_mean_coef2 x_t, 0 at t = 0
+            lacking = 1 if (prediction, name) == ("sample", "xt") else 0
+            assert np.all(grads[name][:lacking] == 0.0), (prediction, name)
+            assert np.isinf(grads[name][lacking:, 0, 0]).all(), (prediction, name)
+            assert np.isnan(grads[name][lacking:, 1, 1]).all(), (prediction, name)
+            assert np.isfinite(grads[name][finite]).all()
+
+
 @pytest.mark.skipif(not CUDA_USABLE, reason="cuda backend not usable")
 @pytest.mark.parametrize("form", ["scalar", "per sample"])
 def test_broadcast_cotangents(form):

@@ -160,10 +160,16 @@ def ddim_step(model_output, xt, t, t_prev, schedule, out, *, x0_out, noise, stre
 # None (not wanted).
 
 
+def _term(c, x):
+    """c x, or exactly 0 where c = 0: a term the formula does not have, so that an inf in x does
+    not become 0 * inf = NaN there (the kernels' fastgauss._device.diffusion.term)."""
+    with np.errstate(all="ignore"):
+        return np.where(c != 0, c * x, 0.0)
+
+
 def _write(grad, coefficient, g):
     if grad is not None:
-        with np.errstate(all="ignore"):
-            grad[...] = coefficient * g
+        grad[...] = _term(coefficient, g)
 
 
 def _linear_vjp(cotangent, t, schedule, grad_u, grad_w, a, b):
@@ -244,13 +250,13 @@ def _step_vjp(cotangent, x0_cotangent, model_output, xt, t, schedule, prediction
     ax, am, ex, em = _model_jacobians(prediction, sa, sn)
     g = np.zeros(np.shape(xt)) if cotangent is None else np.asarray(cotangent, np.float64)
     with np.errstate(all="ignore"):
-        through = k0 * g + (0.0 if x0_cotangent is None else np.asarray(x0_cotangent, np.float64))
+        through = _term(k0, g) + (0.0 if x0_cotangent is None else np.asarray(x0_cotangent, np.float64))
         if clip is not None:
-            raw = ax * np.asarray(xt, np.float64) + am * np.asarray(model_output, np.float64)
+            raw = _term(ax, np.asarray(xt, np.float64)) + _term(am, np.asarray(model_output, np.float64))
             through = np.where((raw >= -clip) & (raw <= clip), through, 0.0)
         grad_model, grad_xt, grad_noise = grads
-        _write(grad_model, 1.0, am * through + ke * em * g)
-        _write(grad_xt, 1.0, ax * through + kx * g + ke * ex * g)
+        _write(grad_model, 1.0, _term(am, through) + _term(ke * em, g))
+        _write(grad_xt, 1.0, _term(ax, through) + _term(kx + ke * ex, g))
         _write(grad_noise, ks, g)
 
 
