@@ -134,8 +134,12 @@ def sample_shape(size):
 
 def data_array(name, x, on_device):
     """Host data becomes an ndarray in the machine's byte order (a copy only for data in the
-    other order: the kernels read native numbers); device arrays pass through untouched."""
+    other order: the kernels read native numbers); device arrays pass through untouched (one
+    in the other order is a TypeError: no device copy is made behind the caller's back)."""
     if on_device:
+        dtype = shape_dtype(x)[1]
+        if not dtype.isnative:
+            raise TypeError(f"{name} is a device array of dtype {dtype}, not in the machine's byte order; the kernels read native numbers")
         return x
     if not isinstance(x, np.ndarray):
         try:

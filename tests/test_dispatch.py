@@ -218,3 +218,13 @@ def test_host_data_in_the_other_byte_order_gives_the_same_bits(op, backend):
     for g, e in zip(got, expected):
         assert g.dtype == e.dtype and g.dtype.isnative
         np.testing.assert_array_equal(g, e)
+
+
+@pytest.mark.skipif(not CUDA_USABLE, reason="cuda backend not usable")
+def test_device_arrays_in_the_other_byte_order_are_refused_by_name():
+    from numba import cuda
+
+    swapped = cuda.to_device(np.ones((2, 3), ">f4"))
+    native = cuda.to_device(np.ones((2, 3), np.float32))
+    with pytest.raises(TypeError, match="noise is a device array of dtype >f4, not in the machine's byte order"):
+        fastgauss.q_sample(native, 1, SCHEDULE, swapped, backend="cuda")
