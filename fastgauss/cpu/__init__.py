@@ -40,13 +40,9 @@ CHUNK = 1 << 14  # elements per parallel work item: large enough to amortize sch
 DEVICE = dict(error_model="numpy", no_cpython_wrapper=True, no_cfunc_wrapper=True)
 
 
-@numba.njit(parallel=True, cache=True)
-def _start_threads(a):
-    for i in numba.prange(a.size):
-        a[i] = i
-
-
-_start_threads(np.empty(2 * numba.config.NUMBA_NUM_THREADS))
+# get_num_threads starts Numba's thread pool (and so fixes the layer) without a kernel: a
+# parallel kernel run for the purpose cost 1.2 s of compiling in each cold process.
+numba.get_num_threads()
 THREADING_LAYER = numba.threading_layer()
 _launch_guard = threading.Lock() if THREADING_LAYER == "workqueue" else contextlib.nullcontext()
 
