@@ -536,6 +536,28 @@ def test_nan_is_not_clamped_in_the_discretized_likelihood(backend):
     assert np.isnan(got).all()
 
 
+@pytest.mark.parametrize("op, arity", [("normal_kl", 4), ("normal_logpdf", 3), ("discretized_gaussian_log_likelihood", 3)])
+def test_nan_propagates_into_the_gradients(backend, op, arity):
+    """A NaN in argument k at (k, k + 1) makes that element's gradients NaN and no other: the
+    discretized likelihood's clamp at 1e-12 passes no gradient below the floor, but NaN is not
+    below it (torch.clamp's mask would give 0 there), as in the training objective."""
+    args = [np.full((arity + 1, 6), 0.25) for _ in range(arity)]
+    for k in range(arity):
+        args[k][k, k + 1] = np.nan
+    cotangent = np.ones((arity + 1, 6))
+    device_args = [to_backend(a, backend) for a in (cotangent, *args)]
+    grads = fastgauss.vjp(getattr(fastgauss, op), *device_args, backend=backend)
+    # the arguments each gradient depends on (normal_kl: d/dmean = +-(mean1 - mean2) e^-logvar2,
+    # d/dlogvar1 = (e^(logvar1 - logvar2) - 1) / 2); in the other two ops, every argument
+    depends = {"mean1": (0, 2, 3), "logvar1": (1, 3), "mean2": (0, 2, 3)} if op == "normal_kl" else {}
+    assert len(grads) == arity
+    for name, grad in grads.items():
+        expected_nan = np.zeros((arity + 1, 6), bool)
+        for k in depends.get(name, range(arity)):
+            expected_nan[k, k + 1] = True
+        np.testing.assert_array_equal(np.isnan(to_numpy(grad)), expected_nan, err_msg=name)
+
+
 def test_infinities_follow_numpy(backend):
     inf = np.inf
     cases = np.array(

@@ -413,8 +413,9 @@ def discretized_gaussian_log_likelihood_vjp(x, mean, log_scale, half_bin, c):
     """(d/dx, d/dmean, d/dlog_scale, 0) of ``discretized_gaussian_log_likelihood``: the
     derivative of the log of the selected probability p (cdf_plus below -0.999, 1 - cdf_min
     above 0.999, cdf_plus - cdf_min between), 0 where p was clamped at 1e-12 (as
-    torch.clamp(min=1e-12) passes no gradient there); x enters through x - mean, so
-    d/dx = -d/dmean."""
+    torch.clamp(min=1e-12) passes no gradient there) and NaN where p is NaN (torch's mask
+    would give 0 there: here NaN propagates, as in fastgauss._device.objective); x enters
+    through x - mean, so d/dx = -d/dmean."""
     inv_stdv, plus_in, min_in, a, b = bin_edges(x, mean, log_scale, half_bin, c)
     s_a, s_not_a = sigmoid_pair(a, c)
     s_b, s_not_b = sigmoid_pair(b, c)
@@ -427,7 +428,7 @@ def discretized_gaussian_log_likelihood_vjp(x, mean, log_scale, half_bin, c):
     dp_plus = c.zero if x > c.x_high else dp_plus
     p = s_a if x < c.x_low else p
     dp_min = c.zero if x < c.x_low else dp_min
-    clamped = not (p >= c.min_probability)  # NaN p passes no gradient, as torch.clamp's mask
+    clamped = p < c.min_probability  # NaN p is not clamped: its gradient is NaN, as its value
     l_plus = c.zero if clamped else dp_plus / p
     l_min = c.zero if clamped else dp_min / p
     d_mean = -inv_stdv * (l_plus + l_min)

@@ -187,7 +187,7 @@ def discretized_probabilities(x, plus_in, min_in, half_width):
 
 def discretized_gaussian_log_likelihood_vjp(cotangent, x, means, log_scales, *, bins, shape, reduce, grad_x, grad_means, grad_log_scales):
     """The derivative of log p for the selected p (cdf_plus, 1 - cdf_min or cdf_plus - cdf_min),
-    zero where p < 1e-12 was clamped (torch.clamp passes no gradient there):
+    zero where p < 1e-12 was clamped (torch.clamp passes no gradient there), NaN where p is NaN:
     dlogp/dplus_in = [p uses cdf_plus] pdf(plus_in) / p, dlogp/dmin_in = -[p uses cdf_min] pdf(min_in) / p,
     with plus_in, min_in = e^-s (x - means +- 1/bins): d/dmeans = -e^-s (dlogp/dplus_in + dlogp/dmin_in),
     d/dlog_scales = -(plus_in dlogp/dplus_in + min_in dlogp/dmin_in), d/dx = -d/dmeans."""
@@ -200,7 +200,7 @@ def discretized_gaussian_log_likelihood_vjp(cotangent, x, means, log_scales, *, 
         min_in = inv_stdv * (x - means - 1.0 / bins)
         forward, p = discretized_probabilities(x, plus_in, min_in, inv_stdv / bins)
         low, high = x < -0.999, x > 0.999
-        passes = forward >= 1e-12
+        passes = ~(forward < 1e-12)  # NaN passes (torch.clamp's mask would block it)
         l_plus = np.where(passes & ~high, approx_standard_normal_pdf(plus_in) / p, 0.0)
         l_min = np.where(passes & ~low, -approx_standard_normal_pdf(min_in) / p, 0.0)
         d_means = -inv_stdv * (l_plus + l_min)
