@@ -8,6 +8,10 @@ discretized_gaussian_log_likelihood with reduce="mean", ~10 full-size passes),
 "torch-eager" improved-diffusion's formula in PyTorch eager (CPU, float32), "cpu" and
 "cuda" the fused pass. Issue 12 asks cpu >= 10x numpy-composition and >= 5x torch-eager.
 
+vlb_terms forward + backward (the same inputs; gradients for model_output and var_output, what
+a training step needs): "torch-eager" the formula above and autograd's backward, "cpu"/"cuda"
+vlb_terms and fastgauss.vjp.
+
 diffusion_loss forward + backward (epsilon, min-SNR weighting): "cpu"/"cuda" run
 diffusion_loss and its VJP (fastgauss.objective._vjp_diffusion_loss, d/d model_output);
 "torch-eager" the same weighted mean squared error and autograd's backward. Issue 12 asks
@@ -117,6 +121,35 @@ def test_vlb_terms(benchmark, impl):
     deviation = float(np.max(np.abs(got / exact - 1)))
     benchmark.extra_info["max relative deviation from float64"] = deviation
     assert deviation < 1e-4
+
+
+def test_vlb_terms_forward_backward(benchmark, impl):
+    benchmark.group = "vlb_terms epsilon learned_range forward + backward float32"
+    x0, xt, _, eps, v, t = inputs()
+    nbytes = 4 * x0.nbytes + 4 * x0.nbytes + 2 * x0.nbytes  # forward reads 4; backward reads 4, writes 2
+    if impl == "numpy-composition":
+        pytest.skip("no NumPy backward to compare with")
+    if impl == "torch-eager":
+        import torch
+
+        def step():
+            m, w = (torch.from_numpy(a).requires_grad_(True) for a in (eps, v))
+            terms = torch_vlb(torch, torch.from_numpy(x0), torch.from_numpy(xt), t, m, w)
+            terms.backward(torch.ones_like(terms))
+            return m.grad, w.grad
+
+        run(benchmark, impl, step, nbytes)
+        return
+    d_x0, d_xt, d_eps, d_v = on_backend(impl, x0, xt, eps, v)
+    d_t = on_backend(impl, t)[0]
+    cotangent = on_backend(impl, np.ones(B, np.float32))[0]
+
+    def step():
+        fastgauss.vlb_terms(d_x0, d_xt, d_t, d_eps, SCHEDULE, var_output=d_v, backend=impl)
+        return fastgauss.vjp(fastgauss.vlb_terms, cotangent, d_x0, d_xt, d_t, d_eps, SCHEDULE, var_output=d_v,
+                             wrt=("model_output", "var_output"), backend=impl)
+
+    run(benchmark, impl, step, nbytes)
 
 
 def test_diffusion_loss_forward_backward(benchmark, impl):

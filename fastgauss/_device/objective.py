@@ -173,14 +173,21 @@ def decoder_partials(k, x0, xt, m, v, c):
     return g_x, -g_x, c.half * g_log_scale
 
 
-def vlb_gradient(k, x0, xt, m, v, c):
-    """(d/d x0, d/d x_t, d/d m, d/d v) of the vlb term, nats (unweighted)."""
-    if k[DECODER] != c.zero:
-        g_x0, g_mean, g_logvar = decoder_partials(k, x0, xt, m, v, c)
-        g_true = c.zero
-    else:
-        g_true, g_mean, g_logvar = kl_partials(k, x0, xt, m, v, c)
-        g_x0 = g_true * k[C1]
+def vlb_gradient_kl(k, x0, xt, m, v, c):
+    """(d/d x0, d/d x_t, d/d m, d/d v) of the vlb term of a row with t > 0 (the KL), nats (unweighted)."""
+    g_true, g_mean, g_logvar = kl_partials(k, x0, xt, m, v, c)
+    return vlb_chain(k, xt, m, g_true * k[C1], g_true, g_mean, g_logvar, c)
+
+
+def vlb_gradient_decoder(k, x0, xt, m, v, c):
+    """``vlb_gradient_kl`` of a row with t = 0 (the decoder's)."""
+    g_x0, g_mean, g_logvar = decoder_partials(k, x0, xt, m, v, c)
+    return vlb_chain(k, xt, m, g_x0, c.zero, g_mean, g_logvar, c)
+
+
+def vlb_chain(k, xt, m, g_x0, g_true, g_mean, g_logvar, c):
+    """(d/d x0, d/d x_t, d/d m, d/d v) of the vlb term from the partials of its KL or decoder
+    term (d/d x0 directly, d/d true_mean, d/d model_mean, d/d model_logvar)."""
     through = g_mean * k[C1] * passes(k, xt, m, c)  # d/d x0_hat
     g_xt = term(k[C2], g_true + g_mean) + term(k[AX], through)
     return g_x0 + c.zero, g_xt, term(k[AM], through), term(k[LV_B], g_logvar)
@@ -196,8 +203,24 @@ def bound_gradient(k, x0, b, m, v, c):
     """(d/dx0, d/db, d/dm, d/dv) of the VLB / HYBRID term. HYBRID holds the model mean constant
     in its bound (mean_grad = 0: d/dm is the squared error's, d/dv the bound's); its x0 and
     noise derivatives are not meaningful there and not used."""
+    return bound_gradient_decoder(k, x0, b, m, v, c) if k[DECODER] != c.zero else bound_gradient_kl(k, x0, b, m, v, c)
+
+
+def bound_gradient_kl(k, x0, b, m, v, c):
+    """``bound_gradient`` of a row with t > 0 (the CPU runs the two kinds of row in two loops)."""
     xt = bound_xt(k, x0, b)
-    g_x0, g_xt, g_m, g_v = vlb_gradient(k, x0, xt, m, v, c)
+    return bound_chain(k, x0, b, m, vlb_gradient_kl(k, x0, xt, m, v, c))
+
+
+def bound_gradient_decoder(k, x0, b, m, v, c):
+    """``bound_gradient`` of a row with t = 0."""
+    xt = bound_xt(k, x0, b)
+    return bound_chain(k, x0, b, m, vlb_gradient_decoder(k, x0, xt, m, v, c))
+
+
+def bound_chain(k, x0, b, m, vlb_grads):
+    """``bound_gradient`` from the vlb term's gradients (``vlb_gradient_kl`` or ``_decoder``)."""
+    g_x0, g_xt, g_m, g_v = vlb_grads
     s = k[WEIGHT]
     r = residual(k, m, x0, b)
     g_mean = s * term(k[MEAN_GRAD], g_m) + term(k[MSE_WEIGHT], r + r)
