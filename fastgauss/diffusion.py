@@ -296,7 +296,12 @@ def ddpm_step(model_output, xt, t, schedule, *, prediction="epsilon", clip=None,
     return_x0 : also return the clamped x0 estimate: (x_prev, x0).
     out, backend : as for every op.
 
-    >>> x_prev = fastgauss.ddpm_step(eps_model, xt, 999, schedule, rng=rng)
+    >>> schedule = fastgauss.NoiseSchedule.linear(1000)
+    >>> xt = fastgauss.default_rng(0).standard_normal((2, 3, 8, 8), dtype=np.float32)
+    >>> eps_model = np.zeros_like(xt)                   # the model's noise prediction
+    >>> x_prev = fastgauss.ddpm_step(eps_model, xt, 999, schedule, rng=1)
+    >>> x_prev.shape, x_prev.dtype
+    ((2, 3, 8, 8), dtype('float32'))
     """
     _check_choice("prediction", prediction, PREDICTIONS)
     _check_choice("variance", variance, ("small", "large"))
@@ -331,7 +336,12 @@ def ddim_step(model_output, xt, t, t_prev, schedule, *, eta=0.0, prediction="eps
     Parameters: as ddpm_step, plus t_prev (int or integer array (B,), -1 <= t_prev < T)
     and eta >= 0 (a ValueError where 1 - abar_prev - sigma_t^2 < 0, i.e. eta too large).
 
-    >>> x_prev = fastgauss.ddim_step(eps_model, xt, 980, 960, schedule)
+    >>> schedule = fastgauss.NoiseSchedule.linear(1000)
+    >>> xt = np.ones((2, 3, 8, 8), np.float32)
+    >>> x_prev = fastgauss.ddim_step(np.zeros_like(xt), xt, 980, 960, schedule)  # eps = 0, eta = 0
+    >>> abar = schedule.alphas_cumprod                  # then x_prev = sqrt(abar_960 / abar_980) x_t
+    >>> bool(np.allclose(x_prev, np.sqrt(abar[960] / abar[980]) * xt))
+    True
     """
     _check_choice("prediction", prediction, PREDICTIONS)
     clip = _check_clip(clip)

@@ -103,8 +103,11 @@ def model_log_variance(var_output, t, schedule, *, kind, out=None, backend=None)
 
     Returns an array of var_output's shape and dtype (integer data gives float64).
 
-    >>> v = np.zeros((2, 3, 8, 8), np.float32)
+    >>> schedule = fastgauss.NoiseSchedule.linear(1000)
+    >>> v = np.zeros((2, 3, 8, 8), np.float32)      # the middle of [min, max] in log space
     >>> logvar = fastgauss.model_log_variance(v, np.array([0, 500]), schedule, kind="learned_range")
+    >>> logvar.shape, logvar.dtype
+    ((2, 3, 8, 8), dtype('float32'))
     """
     _check_choice("kind", kind, VAR_KINDS)
     name = resolve(backend, {"var_output": var_output, "t": t, "out": out})
@@ -160,7 +163,16 @@ def vlb_terms(x0, xt, t, model_output, schedule, *, prediction="epsilon", var_ou
         (elementwise, in bits). float64 accumulation in a fixed order.
     out, backend : as for every op.
 
+    >>> schedule = fastgauss.NoiseSchedule.linear(1000)
+    >>> rng = np.random.default_rng(0)
+    >>> x0 = rng.uniform(-1, 1, (2, 3, 8, 8)).astype(np.float32)
+    >>> noise = rng.standard_normal(x0.shape, dtype=np.float32)
+    >>> t = np.array([0, 500])
+    >>> xt = fastgauss.q_sample(x0, t, schedule, noise)
+    >>> eps_hat, v = noise, np.zeros_like(x0)           # the model's outputs
     >>> bpd = fastgauss.vlb_terms(x0, xt, t, eps_hat, schedule, var_output=v, var_kind="learned_range")
+    >>> bpd.shape, bpd.dtype
+    ((2,), dtype('float32'))
     """
     name, arrays, t, out, _, _, options = _vlb_args(x0, xt, t, model_output, schedule, prediction, var_output, var_kind, clip,
                                                     reduce, out, backend)
@@ -179,7 +191,9 @@ def prior_bpd(x0, schedule, *, out=None, backend=None):
 
     x0 : array (B, ...); returns (B,) of its dtype (integer data: float64).
 
-    >>> fastgauss.prior_bpd(x0, schedule)      # ~1e-5 bits/dim for a linear 1000-step schedule
+    >>> schedule = fastgauss.NoiseSchedule.linear(1000)
+    >>> fastgauss.prior_bpd(np.ones((2, 3, 8, 8)), schedule)   # ~abar_T / (2 ln 2) for data of scale 1
+    array([2.91...e-05, 2.91...e-05])
     """
     name, arrays, _, out, _, _ = _inputs(backend, {"x0": x0}, None, schedule, out, "mean")
     implementation("prior_bpd", name)(arrays["x0"], schedule, out)
@@ -225,7 +239,12 @@ def diffusion_loss(model_output, x0, noise, t, schedule, *, prediction="epsilon"
     gamma : positive number (min_snr).   reduce : "mean" (B,), "sum" (B,) or None (elementwise).
     out, backend : as for every op.
 
-    >>> loss = fastgauss.diffusion_loss(eps_hat, x0, noise, t, schedule, weighting="min_snr")
+    >>> schedule = fastgauss.NoiseSchedule.linear(1000)
+    >>> x0 = np.zeros((2, 3, 8, 8), np.float32)
+    >>> noise = np.ones_like(x0)
+    >>> fastgauss.diffusion_loss(noise + 0.5, x0, noise, np.array([10, 500]), schedule)  # mean of 0.5^2
+    array([0.25, 0.25], dtype=float32)
+    >>> loss = fastgauss.diffusion_loss(noise + 0.5, x0, noise, np.array([10, 500]), schedule, weighting="min_snr")
     """
     name, arrays, t, out, _, _, options = _loss_args(model_output, x0, noise, t, schedule, prediction, weighting, gamma,
                                                      reduce, out, backend)
@@ -249,7 +268,12 @@ def hybrid_loss(model_output, var_output, x0, noise, t, schedule, *, prediction=
     recomputed from x0 and noise in the pass (no clip). Arguments as :func:`diffusion_loss`
     and :func:`vlb_terms`; var_output is required.
 
-    >>> loss = fastgauss.hybrid_loss(eps_hat, v, x0, noise, t, schedule)
+    >>> schedule = fastgauss.NoiseSchedule.linear(1000)
+    >>> x0 = np.zeros((2, 3, 8, 8), np.float32)
+    >>> noise = np.ones_like(x0)
+    >>> loss = fastgauss.hybrid_loss(noise + 0.5, np.zeros_like(x0), x0, noise, np.array([10, 500]), schedule)
+    >>> loss.shape, bool(np.all(loss > 0.25))        # the squared error's 0.25 plus the bound
+    ((2,), True)
     """
     if var_output is None:
         raise ValueError("hybrid_loss needs var_output (the model's variance output)")
@@ -422,8 +446,12 @@ def nll_bpd(model, x0, schedule, *, rng, batch_timesteps=1, prediction="epsilon"
     Returns an :class:`NLL` (bpd, prior, terms, timesteps, complete). On KeyboardInterrupt
     the sums so far are returned (complete False, with a warning): nothing is lost.
 
-    >>> result = fastgauss.nll_bpd(lambda xt, t: net(xt, t), x0, schedule, rng=0)
-    >>> result.bpd.mean()
+    >>> schedule = fastgauss.NoiseSchedule.linear(100)
+    >>> x0 = np.zeros((2, 3, 8, 8))
+    >>> net = lambda xt, t: np.zeros_like(xt)            # a model that predicts eps = 0
+    >>> result = fastgauss.nll_bpd(net, x0, schedule, rng=0, progress=False)
+    >>> result.bpd.shape, result.terms.shape, result.complete
+    ((2,), (2, 100), True)
     """
     if _checks.is_dask_array(x0):
         raise TypeError(

@@ -8,7 +8,6 @@ algebraically equal formula and rounding gets amplified by cancellation.
 """
 
 import copy
-import doctest
 import math
 import pickle
 from fractions import Fraction
@@ -472,13 +471,6 @@ def test_random_alphas_cumprod_are_stored_exactly(values):
 
 
 # --------------------------------------------------------------------------- docs
-
-
-def test_docstring_examples_run():
-    import fastgauss.schedules as module
-
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0
 
 
 def test_public_methods_have_docstrings_with_examples():
