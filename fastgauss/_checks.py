@@ -150,12 +150,15 @@ def data_array(name, x, on_device):
 
 
 def shape_dtype(x):
-    """(shape, dtype) of a host ndarray or any CUDA array, without touching its data."""
+    """(shape, dtype) of a host ndarray or any CUDA array, without touching its data; a scalar
+    passed with device arrays is a 0-d value (so a shape check names it clearly)."""
     if isinstance(x, np.ndarray):
         return x.shape, x.dtype
     cai = getattr(x, "__cuda_array_interface__", None)
     if cai is not None:
         return tuple(cai["shape"]), np.dtype(cai["typestr"])
+    if not hasattr(x, "shape"):
+        x = np.asarray(x)
     return tuple(x.shape), np.dtype(x.dtype)  # Numba CUDA-simulator array
 
 

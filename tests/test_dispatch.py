@@ -228,3 +228,15 @@ def test_device_arrays_in_the_other_byte_order_are_refused_by_name():
     native = cuda.to_device(np.ones((2, 3), np.float32))
     with pytest.raises(TypeError, match="noise is a device array of dtype >f4, not in the machine's byte order"):
         fastgauss.q_sample(native, 1, SCHEDULE, swapped, backend="cuda")
+
+
+@pytest.mark.skipif(not CUDA_USABLE, reason="cuda backend not usable")
+def test_a_scalar_where_device_vectors_are_expected_is_a_shape_error():
+    """mvn_logpdf's mean as a Python scalar next to device arrays: the same ValueError as on the
+    host (it was an AttributeError from reading the scalar's .shape)."""
+    from numba import cuda
+
+    x, cov = np.zeros((2, 2)), np.eye(2)
+    for backend, args in (("cpu", (x, 0.0, cov)), ("cuda", (cuda.to_device(x), 0.0, cuda.to_device(cov)))):
+        with pytest.raises(ValueError, match=r"mean must have shape \(\.\.\., 2\)"):
+            fastgauss.mvn_logpdf(*args, backend=backend)
