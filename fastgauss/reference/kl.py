@@ -163,17 +163,18 @@ def approx_standard_normal_pdf(x):
     return 0.5 / np.cosh(k * (x + 0.044715 * x**3)) ** 2 * k * (1.0 + 3.0 * 0.044715 * x**2)
 
 
-def discretized_probabilities(x, plus_in, min_in, half_width):
-    """(P as the forward computes it, the same P without its cancellation) of the discretized
-    likelihood's selected bin: cdf_plus at the low edge, 1 - cdf_min at the high edge,
-    cdf_plus - cdf_min between.
+def discretized_log_derivatives(x, plus_in, min_in, half_width):
+    """(d log P / d plus_in, d log P / d min_in) of the discretized likelihood's selected bin
+    probability P: cdf_plus at the low edge (x < -0.999), 1 - cdf_min at the high edge
+    (x > 0.999), cdf_plus - cdf_min between; 0 where the forward's P is below its clamp at 1e-12
+    (torch.clamp passes no gradient there), NaN where P is NaN.
 
-    In the tails the forward's P is a difference of CDFs near 0 or 1, with few correct digits;
-    a derivative of log P is divided by P itself, computed here as cdf_plus = sigmoid(2 y+),
+    The derivatives divide by P, which the forward computes as a difference of CDFs near 0 or 1
+    in the tails, with few correct digits. Here P is cdf_plus = sigmoid(2 y+),
     1 - cdf_min = sigmoid(-2 y-), and cdf_plus - cdf_min = sinh(y+ - y-) / (2 cosh y+ cosh y-),
     where y+ - y- = sqrt(2/pi) w (1 + 0.044715 (plus_in^2 + plus_in min_in + min_in^2)) and
     w = plus_in - min_in = 2 half_width (e^-s / bins, exact in the reals). Overflow in the far
-    tails gives 0 there, far below the forward's clamp at 1e-12."""
+    tails gives 0 there, far below the clamp."""
     k = np.sqrt(2.0 / np.pi)
     low, high = x < -0.999, x > 0.999
     cdf_plus, cdf_min = approx_standard_normal_cdf(plus_in), approx_standard_normal_cdf(min_in)
@@ -181,8 +182,11 @@ def discretized_probabilities(x, plus_in, min_in, half_width):
     y_plus, y_min = k * (plus_in + 0.044715 * plus_in**3), k * (min_in + 0.044715 * min_in**3)
     dy = k * (2.0 * half_width) * (1.0 + 0.044715 * (plus_in**2 + plus_in * min_in + min_in**2))
     middle = np.sinh(dy) / (2.0 * np.cosh(y_plus) * np.cosh(y_min))
-    accurate = np.where(low, 1.0 / (1.0 + np.exp(-2.0 * y_plus)), np.where(high, 1.0 / (1.0 + np.exp(2.0 * y_min)), middle))
-    return forward, accurate
+    p = np.where(low, 1.0 / (1.0 + np.exp(-2.0 * y_plus)), np.where(high, 1.0 / (1.0 + np.exp(2.0 * y_min)), middle))
+    passes = ~(forward < 1e-12)  # NaN passes (torch.clamp's mask would block it)
+    d_plus = np.where(passes & ~high, approx_standard_normal_pdf(plus_in) / p, 0.0)
+    d_min = np.where(passes & ~low, -approx_standard_normal_pdf(min_in) / p, 0.0)
+    return d_plus, d_min
 
 
 def discretized_gaussian_log_likelihood_vjp(cotangent, x, means, log_scales, *, bins, shape, reduce, grad_x, grad_means, grad_log_scales):
@@ -198,11 +202,7 @@ def discretized_gaussian_log_likelihood_vjp(cotangent, x, means, log_scales, *, 
         inv_stdv = np.exp(-log_scales)
         plus_in = inv_stdv * (x - means + 1.0 / bins)
         min_in = inv_stdv * (x - means - 1.0 / bins)
-        forward, p = discretized_probabilities(x, plus_in, min_in, inv_stdv / bins)
-        low, high = x < -0.999, x > 0.999
-        passes = ~(forward < 1e-12)  # NaN passes (torch.clamp's mask would block it)
-        l_plus = np.where(passes & ~high, approx_standard_normal_pdf(plus_in) / p, 0.0)
-        l_min = np.where(passes & ~low, -approx_standard_normal_pdf(min_in) / p, 0.0)
+        l_plus, l_min = discretized_log_derivatives(x, plus_in, min_in, inv_stdv / bins)
         d_means = -inv_stdv * (l_plus + l_min)
         _write(grad_x, -d_means, g, shape)
         _write(grad_means, d_means, g, shape)

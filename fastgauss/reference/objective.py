@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from fastgauss.reference.diffusion import _per_sample
-from fastgauss.reference.kl import _finish, approx_standard_normal_pdf, discretized_probabilities
+from fastgauss.reference.kl import _finish, discretized_log_derivatives
 from fastgauss.reference.kl import discretized_gaussian_log_likelihood as _discretized
 from fastgauss.reference.kl import normal_kl as _normal_kl
 
@@ -195,11 +195,7 @@ def _vlb_partials(x0, p):
         inv_stdv = np.exp(-0.5 * p["logvar"])
         z_plus = inv_stdv * (x0 - p["mean"] + 1.0 / BINS)
         z_min = inv_stdv * (x0 - p["mean"] - 1.0 / BINS)
-        forward, prob = discretized_probabilities(x0, z_plus, z_min, inv_stdv / BINS)
-        low, high = x0 < -0.999, x0 > 0.999
-        alive = ~(forward < 1e-12)
-        g_plus = np.where(alive & ~high, approx_standard_normal_pdf(z_plus) / prob, 0.0)  # d log P / d z_plus
-        g_min = np.where(alive & ~low, -approx_standard_normal_pdf(z_min) / prob, 0.0)
+        g_plus, g_min = discretized_log_derivatives(x0, z_plus, z_min, inv_stdv / BINS)  # d log P / d z_plus, z_min
         dec_x = -inv_stdv * (g_plus + g_min)
         dec_logvar = 0.5 * (g_plus * z_plus + g_min * z_min)
     decoder = p["decoder"]
