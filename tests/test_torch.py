@@ -386,6 +386,35 @@ def test_errors_name_the_arguments(reference):
         fastgauss.normal_kl(x.requires_grad_(), 0.0, 0.0, 0.0, out=torch.empty(B, C, W))
 
 
+def test_torch_compile_runs_the_ops_as_graph_breaks(reference):
+    """Under torch.compile (the aot_eager backend: Dynamo and AOTAutograd, no C++ compiler) a
+    fastgauss call is a graph break that runs eagerly: the loss and the gradient equal the eager
+    ones bit for bit, and a Generator fills a tensor out=. (Dynamo used to trace into the call and
+    chose the cuda backend for CPU tensors.)"""
+    weight = torch.randn(C, C, dtype=torch.float64, requires_grad=True)
+    x0 = torch.randn(B, C, W, dtype=torch.float64)
+    noise = torch.randn(B, C, W, dtype=torch.float64)
+
+    def loss(weight):
+        h = torch.einsum("bcw,cd->bdw", x0, weight)
+        xt = fastgauss.q_sample(h, T, SCHEDULE, noise)
+        return fastgauss.normal_kl(xt, 0.0, h, 0.0, reduce="mean").sum() + (xt**2).mean()
+
+    def value_and_gradient(function):
+        weight.grad = None
+        value = function(weight)
+        value.backward()
+        return value.detach(), weight.grad.clone()
+
+    eager = value_and_gradient(loss)
+    torch._dynamo.reset()
+    compiled = value_and_gradient(torch.compile(loss, backend="aot_eager"))
+    assert torch.equal(compiled[0], eager[0]) and torch.equal(compiled[1], eager[1])
+    out = torch.empty(5, dtype=torch.float64)
+    drawn = torch.compile(lambda o: fastgauss.default_rng(2).standard_normal(out=o) * 1, backend="aot_eager")(out)
+    np.testing.assert_array_equal(drawn.numpy(), fastgauss.default_rng(2).standard_normal(5))
+
+
 def test_import_fastgauss_does_not_import_torch():
     code = "import sys, numpy, fastgauss; fastgauss.normal_kl(numpy.zeros(3), 0.0, 0.0, 0.0, backend='numpy'); print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

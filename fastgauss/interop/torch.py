@@ -13,6 +13,10 @@ saved inputs (the inputs only, and the Generator state for ops drawing noise wit
 so the backward regenerates the noise it needs instead of storing it). Double backward is
 refused (``once_differentiable``). Without requires_grad no Function is made and nothing is
 saved.
+
+Under ``torch.compile`` a fastgauss call is a graph break: the compiler runs it eagerly,
+as above, between the graphs it compiles (``torch.compiler.disable``), and gradients flow
+through it; ``fullgraph=True`` refuses it, as it refuses any graph break.
 """
 
 import contextlib
@@ -200,6 +204,9 @@ def _run(call, tensors, **replace):
         return conversion.to_torch(call.function(*args, **kwargs))
 
 
+# Dynamo must not trace the call: it would trace the views' NumPy calls as torch ops and reach
+# into Numba, where it fails (it chose the cuda backend for CPU tensors).
+@torch.compiler.disable
 def call(function, args, kwargs):
     """Run ``function`` (a public op or Generator method, undecorated) on a call with tensors."""
     c = _Call(function, args, kwargs)
