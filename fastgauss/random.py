@@ -57,7 +57,8 @@ class Generator(Stream):
     Create one with :func:`default_rng`. Methods take ``backend=`` like every op
     ("numpy" runs the reference; "cpu" the Numba kernels; "cuda" fills device arrays).
     Calls reserve their counter range under a lock, so a Generator may be shared by
-    threads (each call then gets its own, non-overlapping stream range).
+    threads (each call then gets its own, non-overlapping stream range). A pickled or
+    copied Generator continues the stream from the same state, independently of the original.
 
     >>> rng = fastgauss.default_rng(42)
     >>> x = rng.standard_normal((2, 3), dtype=np.float32)

@@ -2,7 +2,9 @@
 agreement, the vectorizable log/sincos, statistical quality, the Generator API, and
 q_sample with in-kernel noise."""
 
+import copy
 import math
+import pickle
 import threading
 
 import numba
@@ -394,6 +396,21 @@ def test_state_save_and_restore():
     replay = fastgauss.default_rng(0)
     replay.state = saved  # the state alone (key + counter) replays the run
     np.testing.assert_array_equal(replay.standard_normal(7, dtype=np.float32), first[0])
+
+
+@pytest.mark.parametrize("clone", [lambda g: pickle.loads(pickle.dumps(g)), copy.copy, copy.deepcopy], ids=["pickle", "copy", "deepcopy"])
+def test_pickle_and_copy_continue_the_stream_independently(clone):
+    """As NumPy's Generator: a copy (a DataLoader worker's, a deepcopied config's) holds the state
+    and draws what the original would draw next, without advancing the original; its children
+    are the original's. The original drew with the reference (what is compared is the stream)."""
+    rng = fastgauss.default_rng(5)
+    rng.random(3, backend="numpy")
+    twin = clone(rng)
+    assert twin.state == rng.state and twin is not rng
+    drawn = twin.standard_normal(6, backend="numpy")
+    assert twin.state != rng.state  # the original did not advance
+    np.testing.assert_array_equal(rng.standard_normal(6, backend="numpy"), drawn)
+    assert [c.state for c in twin.spawn(2)] == [c.state for c in rng.spawn(2)]
 
 
 @pytest.mark.parametrize(

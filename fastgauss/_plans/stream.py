@@ -25,6 +25,7 @@ its outer indices times the global strides. This is what makes noise drawn for a
 array independent of its chunking (fastgauss.interop.dask).
 """
 
+import copy
 import numbers
 import threading
 from typing import NamedTuple
@@ -149,6 +150,17 @@ class Stream:
             offset = self._counter
             self._counter = (offset + int(blocks)) % 2**128
         return StreamRange(self._key, offset)
+
+    def __getstate__(self):
+        """Pickle and copy the state, not the lock: a copy (also ``copy.copy``, which for NumPy's
+        Generator shares the state) continues from where this stream is, independently of it,
+        with a copy of its SeedSequence (so its children are this stream's)."""
+        with self._lock:
+            return {"seed_sequence": copy.deepcopy(self._seed_sequence), "key": self._key, "counter": self._counter}
+
+    def __setstate__(self, state):
+        self._seed_sequence, self._key, self._counter = state["seed_sequence"], state["key"], state["counter"]
+        self._lock = threading.Lock()
 
 
 class BlockStream(Stream):
