@@ -384,6 +384,10 @@ def test_errors_name_the_arguments(reference):
             fastgauss.normal_kl(x, x, x.to(dtype), 0.0)
     with pytest.raises(RuntimeError, match="out= does not support automatic differentiation"):
         fastgauss.normal_kl(x.requires_grad_(), 0.0, 0.0, 0.0, out=torch.empty(B, C, W))
+    x = x.detach()
+    for transform in (torch.vmap, torch.func.grad):  # wrapped tensors have no data to view
+        with pytest.raises(TypeError, match="mean1 is a tensor without storage"):
+            transform(lambda a: fastgauss.normal_kl(a, 0.0, 0.0, 0.0).sum())(x)
 
 
 def test_torch_compile_runs_the_ops_as_graph_breaks(reference):

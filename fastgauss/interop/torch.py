@@ -62,6 +62,13 @@ class _Call:
                 raise TypeError(f"{label} has dtype {value.dtype}; fastgauss computes in float32 or float64 (convert with .float())")
             if value.device.type not in ("cpu", "cuda"):
                 raise TypeError(f"{label} is on device {value.device}; fastgauss takes CPU and CUDA tensors")
+            try:
+                value.data_ptr()
+            except RuntimeError:  # a functorch wrapper (vmap's BatchedTensor, func.grad's) or a fake tensor
+                raise TypeError(
+                    f"{label} is a tensor without storage (inside torch.func.vmap, grad or jacrev?); fastgauss "
+                    "runs on tensors with data: call it on the whole batch, with torch.autograd for gradients"
+                ) from None
             self.labels.append(label)
             self.tensors.append(value)
             return _Slot(len(self.tensors) - 1)
