@@ -255,6 +255,11 @@ def default_rng(seed=None):
         return seed
     if isinstance(seed, np.random.SeedSequence):
         return Generator(seed)
+    if isinstance(seed, (np.random.Generator, np.random.BitGenerator)):
+        raise TypeError(
+            f"seed is a NumPy {type(seed).__name__}, whose stream a Philox4x32-10 Generator cannot continue; "
+            "pass an int seed or a SeedSequence (e.g. numpy_generator.bit_generator.seed_seq)"
+        )
     if isinstance(seed, (bool, np.bool_)) or isinstance(seed, (float, complex, str, bytes)):
         raise TypeError(f"seed must be None, an int, a SeedSequence or a Generator; got {type(seed).__name__}")
     return Generator(np.random.SeedSequence(seed))

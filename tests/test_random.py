@@ -440,8 +440,10 @@ def test_seeding_like_numpy():
     rng = fastgauss.default_rng(1)
     assert fastgauss.default_rng(rng) is rng
     for bad in (1.5, "seed", True):
-        with pytest.raises(TypeError):
+        with pytest.raises(TypeError, match="seed must be"):
             fastgauss.default_rng(bad)
+    with pytest.raises(TypeError, match="seed is a NumPy Generator"):
+        fastgauss.default_rng(np.random.default_rng(3))
     with pytest.raises(ValueError):
         fastgauss.default_rng(-1)
 
