@@ -4,6 +4,7 @@ import os
 import threading
 
 import numpy as np
+import pytest
 
 import fastgauss
 from conftest import assert_same_digest_for_thread_counts, run_python
@@ -66,3 +67,41 @@ def test_concurrent_calls_under_the_workqueue_layer_do_not_abort():
     ).format(tests=os.path.dirname(__file__))
     layer, failures = run_python(code, NUMBA_THREADING_LAYER="workqueue")
     assert (layer, failures) == ("workqueue", "0")
+
+
+FORK_SCRIPT = """
+import os, numpy as np, fastgauss, fastgauss.cpu as cpu
+x = np.full(8, 2.0)
+fastgauss.normal_kl(x, 0.0, 0.0, 0.0, backend="cpu")  # the parent's pool runs
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:
+    try:
+        message = "ran:%s" % fastgauss.normal_kl(x, 0.0, 0.0, 0.0, backend="cpu")[0]
+    except RuntimeError as error:
+        message = str(error)
+    os.write(write, message.replace(" ", "_").encode())
+    os._exit(0)
+os.close(write)
+_, status = os.waitpid(pid, 0)
+print(cpu.THREADING_LAYER, cpu._gnu_openmp(), status, os.read(read, 4096).decode())
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork on this platform")
+@pytest.mark.parametrize("layer", ["omp", "workqueue"])
+def test_a_forked_child_runs_or_gets_a_clear_error(layer):
+    """Under GNU OpenMP, Numba kills (SIGTERM, status 15) a forked child that enters parallel code
+    (a fork-started DataLoader worker): fastgauss raises a RuntimeError that says why and what to
+    do instead. Under workqueue, fork-safe, the child computes the op (KL(N(2, 1) || N(0, 1)) = 2)."""
+    try:
+        name, gnu, status, message = run_python(FORK_SCRIPT, NUMBA_THREADING_LAYER=layer)
+    except AssertionError as failure:
+        if layer == "omp" and "No threading layer could be loaded" in str(failure):
+            pytest.skip("no OpenMP runtime for Numba's omp layer here")
+        raise
+    assert (name, status) == (layer, "0")
+    if gnu == "True":
+        assert message.startswith("fastgauss's_cpu_kernels_cannot_run_in_a_process_forked") and "spawn" in message
+    else:
+        assert message == "ran:2.0"

@@ -5,9 +5,13 @@ tbb, then omp, then workqueue). tbb and omp are thread-safe, so calls from sever
 Python threads run concurrently. The workqueue layer aborts the process when two
 threads enter parallel code at once, so under it fastgauss serializes its own kernel
 launches with a lock: concurrent calls stay correct, and each call still uses every
-core. Note that GNU OpenMP (omp) is not fork-safe: a child forked after a parallel
-call must not call fastgauss again; use NUMBA_THREADING_LAYER=workqueue or the
-"spawn" start method for such programs.
+core. GNU OpenMP (the omp layer on Linux) is not fork-safe: Numba kills (SIGTERM) a
+child forked after the thread pool started when it enters parallel code, e.g. a
+PyTorch DataLoader worker (fork is the default start method on Linux) whose dataset
+calls fastgauss once the parent has. There a cpu call raises a RuntimeError that says
+so instead; use the "spawn" or "forkserver" start method
+(``DataLoader(multiprocessing_context="spawn")``), or NUMBA_THREADING_LAYER=workqueue
+or tbb, both fork-safe.
 
 Code generation. Kernels compile the shared scalar math with forceinline=True (LLVM's
 alwaysinline: inlined where it is called, typed once per signature; see
@@ -19,6 +23,7 @@ the thread pool, so the layer is known before any concurrent call can race.
 """
 
 import contextlib
+import os
 import threading
 
 import numba
@@ -47,6 +52,24 @@ THREADING_LAYER = numba.threading_layer()
 _launch_guard = threading.Lock() if THREADING_LAYER == "workqueue" else contextlib.nullcontext()
 
 
+def _gnu_openmp():
+    if THREADING_LAYER != "omp":
+        return False
+    from numba.np.ufunc import omppool
+
+    return getattr(omppool, "openmp_vendor", "GNU") == "GNU"
+
+
+_in_forked_child = False  # set in a child forked after the pool started, where GNU OpenMP is unusable
+if _gnu_openmp() and hasattr(os, "register_at_fork"):
+
+    def _forked():
+        global _in_forked_child
+        _in_forked_child = True
+
+    os.register_at_fork(after_in_child=_forked)
+
+
 @intrinsic
 def prefer_wide_vectors(typingctx):
     """Let LLVM vectorize the function that calls this at the target's full vector width.
@@ -70,6 +93,13 @@ def prefer_wide_vectors(typingctx):
 
 def launch(kernel, *args):
     """Run a parallel kernel, serialized only where the threading layer requires it."""
+    if _in_forked_child:
+        raise RuntimeError(
+            "fastgauss's cpu kernels cannot run in a process forked after they started in its parent: "
+            "Numba's GNU OpenMP threading layer is not fork-safe (Numba would kill this process). Start "
+            "workers with the 'spawn' or 'forkserver' method (e.g. DataLoader(multiprocessing_context="
+            "'spawn')), or set NUMBA_THREADING_LAYER=workqueue (or tbb) before the first fastgauss call"
+        )
     with _launch_guard:
         kernel(*args)
 
