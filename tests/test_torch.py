@@ -385,6 +385,8 @@ def test_errors_name_the_arguments(reference):
     with pytest.raises(RuntimeError, match="out= does not support automatic differentiation"):
         fastgauss.normal_kl(x.requires_grad_(), 0.0, 0.0, 0.0, out=torch.empty(B, C, W))
     x = x.detach()
+    with pytest.raises(TypeError, match="mean2 has layout torch.sparse_coo"):
+        fastgauss.normal_kl(x, x, x.to_sparse(), 0.0)
     for transform in (torch.vmap, torch.func.grad):  # wrapped tensors have no data to view
         with pytest.raises(TypeError, match="mean1 is a tensor without storage"):
             transform(lambda a: fastgauss.normal_kl(a, 0.0, 0.0, 0.0).sum())(x)

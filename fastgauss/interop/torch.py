@@ -62,6 +62,8 @@ class _Call:
                 raise TypeError(f"{label} has dtype {value.dtype}; fastgauss computes in float32 or float64 (convert with .float())")
             if value.device.type not in ("cpu", "cuda"):
                 raise TypeError(f"{label} is on device {value.device}; fastgauss takes CPU and CUDA tensors")
+            if value.layout != torch.strided:
+                raise TypeError(f"{label} has layout {value.layout}; fastgauss takes dense tensors (convert with .to_dense())")
             try:
                 value.data_ptr()
             except RuntimeError:  # a functorch wrapper (vmap's BatchedTensor, func.grad's) or a fake tensor
