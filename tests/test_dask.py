@@ -410,6 +410,11 @@ def test_shape_and_dtype_errors_are_raised_when_the_graph_is_built():
         fastgauss.normal_kl(x, 0.0, x, 0.0, reduce="max")
     with pytest.raises(TypeError, match="out="):
         fastgauss.predict_x0(x, 3, x, SCHEDULE, out=np.empty(SHAPE, np.float32))
+    unknown = x[x[:, 0, 0] > -1]  # chunk sizes unknown (NaN) until computed
+    with pytest.raises(ValueError, match=r"noise has unknown chunk sizes.*noise.compute_chunk_sizes\(\)"):
+        fastgauss.q_sample(x, T, SCHEDULE, noise=unknown)
+    with pytest.raises(ValueError, match=r"mean2 has unknown chunk sizes"):
+        fastgauss.normal_kl(x, 0.0, unknown, 0.0)
     assert g.state == fresh().state  # no stream was reserved by a failed call
 
 

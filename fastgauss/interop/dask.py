@@ -35,6 +35,7 @@ KL, OBJECTIVE, MVN, ALGEBRA) names their array arguments and how they are laid o
 
 import functools
 import inspect
+import math
 import numbers
 import operator
 import string
@@ -106,6 +107,12 @@ def call(op, args, kwargs):
         params["backend"] = get_backend()  # use_backend around the graph's building applies in the workers too
     if params.get("out") is not None:
         raise TypeError(f"{op.__name__}: out= is not supported with Dask arrays (the result is a new lazy array)")
+    for label, value in _dask_arguments(params):
+        if any(math.isnan(n) for n in value.shape):
+            raise ValueError(
+                f"{label} has unknown chunk sizes (shape {value.shape}); fastgauss needs them to broadcast and "
+                f"align the blocks: call {label}.compute_chunk_sizes() first"
+            )
     name = op.__name__
     if name in DIFFUSION:
         return _diffusion(op, params)
@@ -123,6 +130,15 @@ def call(op, args, kwargs):
         f"fastgauss.{name} does not take Dask arrays yet; compute them first (x.compute()) or call it on "
         "each block (dask.array.map_blocks)"
     )
+
+
+def _dask_arguments(params):
+    """(label, Dask array) for each Dask array among the arguments (items of tuples and lists too)."""
+    for name, value in params.items():
+        items = enumerate(value) if isinstance(value, (tuple, list)) else [(None, value)]
+        for i, item in items:
+            if isinstance(item, da.Array):
+                yield (name if i is None else f"{name}[{i}]"), item
 
 
 # --- blocks ---------------------------------------------------------------------------------
