@@ -250,6 +250,8 @@ def parse_args(argv):
             parser.error(f"--size needs positive dimensions; got {args.size!r}")
     else:
         args.shape = QUICK_SIZE if args.quick else DEFAULT_SIZE
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1; got {args.jobs}")
     return args
 
 

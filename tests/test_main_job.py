@@ -3,6 +3,7 @@
 import itertools
 
 import numpy as np
+import pytest
 
 from fastgauss import __main__ as main_job
 from fastgauss import _bench
@@ -108,3 +109,17 @@ def test_the_self_check_workers_take_whole_groups_of_ops_that_share_kernels():
     assert families["mvn"] == [{op for op in OPS if OPS[op].family == "mvn"} - set(main_job.MVN_ALGEBRA), set(main_job.MVN_ALGEBRA)]
     assert all(len(split) == 1 for family, split in families.items() if family != "mvn")
     assert main_job.check_ops.__module__ == "fastgauss._selfcheck"  # spawn workers import it; __main__ they cannot
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--size", "2,x"], "--size must be comma-separated integers"),
+        (["--size", "0,3,4,4"], "--size needs positive dimensions"),
+        (["--jobs", "0"], "--jobs must be at least 1; got 0"),
+    ],
+)
+def test_bad_options_are_usage_errors(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main_job.parse_args(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
