@@ -316,6 +316,21 @@ def ddpm_step(model_output, xt, t, schedule, *, prediction="epsilon", clip=None,
     return (out, x0_out) if return_x0 else out
 
 
+def _check_ddim(schedule, t, t_prev, eta):
+    """ValueErrors for the (t, t_prev, eta) of a DDIM step whose sigma_t or direction is not real."""
+    if eta > 0:
+        inverting = np.flatnonzero(np.broadcast_to(np.asarray(t_prev) > np.asarray(t), np.broadcast_shapes(np.shape(t), np.shape(t_prev))))
+        if inverting.size:
+            raise ValueError(
+                f"t_prev > t (a DDIM inversion step, first at sample {inverting[0]}) needs eta = 0: sigma_t^2 < 0 "
+                f"there; got eta = {eta}"
+            )
+    sigma, _, abar_prev = plan.ddim_sigma(schedule, t, t_prev, eta)
+    bad = np.flatnonzero(~(1 - abar_prev - sigma**2 >= 0))
+    if bad.size:
+        raise ValueError(f"eta = {eta} is too large: 1 - abar_prev - sigma_t^2 < 0 (first at sample {bad[0]})")
+
+
 @adapts
 def ddim_step(model_output, xt, t, t_prev, schedule, *, eta=0.0, prediction="epsilon", clip=None,
               noise=None, rng=None, return_x0=False, out=None, backend=None):
@@ -335,6 +350,8 @@ def ddim_step(model_output, xt, t, t_prev, schedule, *, eta=0.0, prediction="eps
 
     Parameters: as ddpm_step, plus t_prev (int or integer array (B,), -1 <= t_prev < T)
     and eta >= 0 (a ValueError where 1 - abar_prev - sigma_t^2 < 0, i.e. eta too large).
+    t_prev > t is a DDIM inversion step (toward more noise, as diffusers'
+    DDIMInverseScheduler): it needs eta = 0, for which sigma_t is exactly 0.
 
     >>> schedule = fastgauss.NoiseSchedule.linear(1000)
     >>> xt = np.ones((2, 3, 8, 8), np.float32)
@@ -349,10 +366,7 @@ def ddim_step(model_output, xt, t, t_prev, schedule, *, eta=0.0, prediction="eps
         raise ValueError(f"eta must be a number >= 0; got {eta!r}")
     name, model_output, xt, t, noise, generator, out, dtype, shape = _step_inputs(backend, model_output, xt, t, noise, rng, out, schedule)
     t_prev = _checks.timesteps(t_prev, schedule.num_timesteps, shape, name="t_prev", low=-1)
-    sigma, _, abar_prev = plan.ddim_sigma(schedule, t, t_prev, eta)
-    bad = np.flatnonzero(~(1 - abar_prev - sigma**2 >= 0))
-    if bad.size:
-        raise ValueError(f"eta = {eta} is too large: 1 - abar_prev - sigma_t^2 < 0 (first at sample {bad[0]})")
+    _check_ddim(schedule, t, t_prev, eta)
     x0_out = _checks.output(None, shape, dtype, like=xt, inputs={}) if return_x0 else None
     stream = None
     if eta > 0:
@@ -495,6 +509,7 @@ def _vjp_ddim_step(cotangent, model_output, xt, t, t_prev, schedule, *, eta=0.0,
         "ddim_step", cotangent, return_x0, backend, model_output, xt, t, noise, rng, schedule, wrt
     )
     t_prev = _checks.timesteps(t_prev, schedule.num_timesteps, _checks.shape_dtype(xt)[0], name="t_prev", low=-1)
+    _check_ddim(schedule, t, t_prev, eta)
     implementation("ddim_step_vjp", name)(
         g, model_output, xt, t, t_prev, schedule, grads["model_output"],
         grad_xt=grads["xt"], x0_cotangent=g0, grad_noise=grads.get("noise"), eta=eta, prediction=prediction, clip=clip,

@@ -373,11 +373,29 @@ def test_ddpm_step_errors(kwargs, exc, match):
         (np.array([1.0, 2.0]), 0.0, TypeError, r"t_prev must be an integer"),
         (3, -0.5, ValueError, r"eta must be a number >= 0"),
         (3, 5.0, ValueError, r"eta = 5.0 is too large"),
+        (np.array([3, 600]), 0.5, ValueError, r"t_prev > t \(a DDIM inversion step, first at sample 1\) needs eta = 0"),
     ],
 )
 def test_ddim_step_errors(t_prev, eta, exc, match):
     with pytest.raises(exc, match=match):
         fastgauss.ddim_step(np.zeros((2, 3)), np.zeros((2, 3)), 500, t_prev, LINEAR, eta=eta)
+    if exc is ValueError and "eta" in match:  # the gradient checks the same (t, t_prev, eta)
+        with pytest.raises(exc, match=match):
+            fastgauss.vjp(fastgauss.ddim_step, np.ones((2, 3)), np.zeros((2, 3)), np.zeros((2, 3)), 500, t_prev, LINEAR, eta=eta)
+
+
+def test_ddim_inversion_steps_toward_noise_and_back(backend):
+    """t_prev > t with eta = 0 is DDIM inversion: x_next = sqrt(abar_next) x0_hat + sqrt(1 - abar_next)
+    eps_hat (sigma exactly 0, where eta times the root of a negative number was NaN); stepping back
+    with the same eps_hat returns x_t, to rounding."""
+    m, xt, _ = inputs((3, 40), np.float64, seed=8)
+    t, t_next = np.array([0, 480, 20]), np.array([20, 500, 999])
+    inverted = run(fastgauss.ddim_step, backend, m, xt, t, t_next, COSINE)
+    abar, abar_next = COSINE.alphas_cumprod[t][:, None], COSINE.alphas_cumprod[t_next][:, None]
+    x0 = (xt - np.sqrt(1 - abar) * m) / np.sqrt(abar)
+    np.testing.assert_allclose(inverted, np.sqrt(abar_next) * x0 + np.sqrt(1 - abar_next) * m, rtol=1e-9, atol=1e-9)
+    back = run(fastgauss.ddim_step, backend, m, inverted, t_next, t, COSINE)
+    np.testing.assert_allclose(back, xt, rtol=1e-9, atol=1e-9)
 
 
 def test_linear_op_errors():

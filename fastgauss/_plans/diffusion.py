@@ -83,10 +83,13 @@ def ddpm(schedule, t, prediction, variance):
 
 
 def ddim_sigma(schedule, t, t_prev, eta):
-    """sigma_t = eta sqrt((1 - abar_prev) / (1 - abar_t) (1 - abar_t / abar_prev)), and abar_prev."""
+    """sigma_t = eta sqrt((1 - abar_prev) / (1 - abar_t) (1 - abar_t / abar_prev)), and abar_prev;
+    sigma = 0 exactly for eta = 0, also where the root is not real (t_prev > t: DDIM inversion)."""
     t, t_prev = np.atleast_1d(t), np.atleast_1d(t_prev)
     abar = schedule.alphas_cumprod[t]
     abar_prev = np.where(t_prev >= 0, schedule.alphas_cumprod[np.maximum(t_prev, 0)], 1.0)
+    if eta == 0:
+        return np.zeros(np.broadcast_shapes(abar.shape, abar_prev.shape)), abar, abar_prev
     with np.errstate(divide="ignore", invalid="ignore"):
         sigma = eta * np.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
     return sigma, abar, abar_prev

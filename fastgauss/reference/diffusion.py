@@ -130,6 +130,8 @@ def _ddim_coefficients(schedule, t, t_prev, eta, dtype, ndim):
     abar, abar_prev = abar_table[t], abar_table[t_prev]
     with np.errstate(divide="ignore", invalid="ignore"):
         sigma = eta * np.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
+    if eta == 0:  # exactly 0, also where the root is not real (t_prev > t: DDIM inversion)
+        sigma = np.zeros_like(sigma)
     direction = np.sqrt(1 - abar_prev - sigma**2)
     shape = (-1,) + (1,) * (ndim - 1) if np.ndim(t) else ()
     return tuple(np.asarray(v, dtype).reshape(shape) for v in (np.sqrt(abar_prev), direction, sigma))
