@@ -132,6 +132,12 @@ def sample_shape(size):
     return shape
 
 
+def refuse_masked(name, x):
+    """A NumPy masked array is a TypeError: its mask would be dropped silently (JAX refuses them too)."""
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a NumPy masked array, whose mask fastgauss cannot honor; pass {name}.filled(value) or {name}.data")
+
+
 def data_array(name, x, on_device):
     """Host data becomes an ndarray in the machine's byte order (a copy only for data in the
     other order: the kernels read native numbers); device arrays pass through untouched (one
@@ -141,6 +147,7 @@ def data_array(name, x, on_device):
         if not dtype.isnative:
             raise TypeError(f"{name} is a device array of dtype {dtype}, not in the machine's byte order; the kernels read native numbers")
         return x
+    refuse_masked(name, x)
     if not isinstance(x, np.ndarray):
         try:
             x = np.asarray(x)
@@ -223,6 +230,7 @@ def timesteps(t, num_timesteps, data_shape, name="t", low=0):
         return _timestep_scalar(int(t), num_timesteps, name, low)
     if isinstance(t, (numbers.Number, np.generic)):
         raise TypeError(f"{name} must be an integer or an integer array; got {type(t).__name__} {t!r}")
+    refuse_masked(name, t)
     if is_device_array(t):
         host = to_host(t)
     else:
@@ -271,6 +279,7 @@ def output(out, shape, dtype, like, inputs, name="out"):
         return np.empty(shape, dtype) if allocate is None else allocate(tuple(shape), np.dtype(dtype))
     if not isinstance(out, np.ndarray) and not is_device_array(out):
         raise TypeError(f"{name} must be an array; got {type(out).__name__}")
+    refuse_masked(name, out)
     out_shape, out_dtype = shape_dtype(out)
     if tuple(out_shape) != tuple(shape):
         raise ValueError(f"{name} has shape {tuple(out_shape)}; the result has shape {tuple(shape)}")

@@ -218,6 +218,7 @@ def _allocate(shape, dtype, on_device):
 
 
 def _checked_out(out, size, dtype, op):
+    _checks.refuse_masked("out", out)
     out_shape, out_dtype = _checks.shape_dtype(out)
     if out_dtype != dtype:
         raise TypeError(f"Supplied output array has the wrong type. Expected {dtype}, got {out_dtype}")
