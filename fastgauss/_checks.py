@@ -153,6 +153,8 @@ def data_array(name, x, on_device):
             x = np.asarray(x)
         except Exception as exc:
             raise TypeError(f"{name} must be array-like; got {type(x).__name__}") from exc
+    if x.dtype.kind not in "biuf":  # before any shape check, which would name another argument
+        raise TypeError(f"unsupported dtype {x.dtype} for {name}; fastgauss computes in float32 or float64")
     return x if x.dtype.isnative else x.astype(x.dtype.newbyteorder("="))
 
 

@@ -278,3 +278,10 @@ def test_a_masked_out_is_refused_by_name(backend):
             getattr(fastgauss.default_rng(0), method)(out=out, backend=backend)
     with pytest.raises(TypeError, match="out is a NumPy masked array"):
         fastgauss.normal_kl(np.zeros(3), 0.0, 0.0, 0.0, out=out, backend=backend)
+
+
+@pytest.mark.parametrize("value, dtype", [(None, "object"), ("abc", "<U3"), (np.zeros(3, "datetime64[D]"), "datetime64")])
+def test_non_numeric_data_is_a_dtype_error_naming_it(value, dtype):
+    """Before any shape check: x0=None used to be "noise must have the shape of x0 ()"."""
+    with pytest.raises(TypeError, match=rf"unsupported dtype {dtype}.* for x0; fastgauss computes in float32 or float64"):
+        fastgauss.q_sample(value, 3, SCHEDULE, np.ones((2, 3)))
