@@ -421,6 +421,24 @@ def test_torch_compile_runs_the_ops_as_graph_breaks(reference):
     np.testing.assert_array_equal(drawn.numpy(), fastgauss.default_rng(2).standard_normal(5))
 
 
+def test_eager_calls_do_not_import_dynamo_and_a_later_compile_still_works():
+    """The adapter wraps its entry in torch.compiler.disable only once torch._dynamo is loaded
+    (importing it costs about a second), so an eager program never imports it; a torch.compile
+    after eager calls must still see the wrapped entry. A fresh process: no other test's imports."""
+    code = (
+        "import sys, torch, fastgauss\n"
+        "s = fastgauss.NoiseSchedule.cosine(50)\n"
+        "x, t = torch.randn(2, 3, dtype=torch.float64), torch.tensor([3, 9])\n"
+        "f = lambda a: fastgauss.q_sample(a, t, s, x, backend='numpy') * 2\n"
+        "eager = f(x)\n"
+        "print('torch._dynamo' in sys.modules)\n"
+        "print(torch.equal(torch.compile(f, backend='aot_eager')(x), eager))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "True"]
+
+
 def test_import_fastgauss_does_not_import_torch():
     code = "import sys, numpy, fastgauss; fastgauss.normal_kl(numpy.zeros(3), 0.0, 0.0, 0.0, backend='numpy'); print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

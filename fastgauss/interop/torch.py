@@ -213,10 +213,23 @@ def _run(call, tensors, **replace):
         return conversion.to_torch(call.function(*args, **kwargs))
 
 
-# Dynamo must not trace the call: it would trace the views' NumPy calls as torch ops and reach
-# into Numba, where it fails (it chose the cuda backend for CPU tensors).
-@torch.compiler.disable
-def call(function, args, kwargs):
+def __getattr__(name):
+    """``call``, the adapter's entry point (``fastgauss._dispatch.adapts``): once torch._dynamo is
+    loaded (torch.compile in use), the entry wrapped in ``torch.compiler.disable``, because Dynamo
+    must not trace the call (it would trace the views' NumPy calls as torch ops and reach into
+    Numba, where it fails: it chose the cuda backend for CPU tensors). Before that, the plain
+    entry: importing torch._dynamo only for the wrapper would cost a second."""
+    if name == "call":
+        return _compile_safe_call() if "torch._dynamo" in sys.modules else _call
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def _compile_safe_call():
+    return torch.compiler.disable(_call)
+
+
+def _call(function, args, kwargs):
     """Run ``function`` (a public op or Generator method, undecorated) on a call with tensors."""
     c = _Call(function, args, kwargs)
     c.check()
