@@ -317,18 +317,17 @@ def ddpm_step(model_output, xt, t, schedule, *, prediction="epsilon", clip=None,
 
 
 def _check_ddim(schedule, t, t_prev, eta):
-    """ValueErrors for the (t, t_prev, eta) of a DDIM step whose sigma_t or direction is not real."""
-    if eta > 0:
-        inverting = np.flatnonzero(np.broadcast_to(np.asarray(t_prev) > np.asarray(t), np.broadcast_shapes(np.shape(t), np.shape(t_prev))))
-        if inverting.size:
-            raise ValueError(
-                f"t_prev > t (a DDIM inversion step, first at sample {inverting[0]}) needs eta = 0: sigma_t^2 < 0 "
-                f"there; got eta = {eta}"
-            )
+    """A ValueError where the (t, t_prev, eta) of a DDIM step give no real direction
+    sqrt(1 - abar_prev - sigma_t^2): eta too large, or eta > 0 on an inversion step (t_prev > t,
+    where sigma_t^2 < 0)."""
     sigma, _, abar_prev = plan.ddim_sigma(schedule, t, t_prev, eta)
     bad = np.flatnonzero(~(1 - abar_prev - sigma**2 >= 0))
-    if bad.size:
-        raise ValueError(f"eta = {eta} is too large: 1 - abar_prev - sigma_t^2 < 0 (first at sample {bad[0]})")
+    if not bad.size:
+        return
+    first = bad[0]
+    if np.broadcast_to(np.atleast_1d(t_prev) > np.atleast_1d(t), sigma.shape)[first]:
+        raise ValueError(f"t_prev > t (a DDIM inversion step, first at sample {first}) needs eta = 0: sigma_t^2 < 0 there; got eta = {eta}")
+    raise ValueError(f"eta = {eta} is too large: 1 - abar_prev - sigma_t^2 < 0 (first at sample {first})")
 
 
 @adapts

@@ -137,7 +137,7 @@ def _dask_arguments(params):
     for name, value in params.items():
         items = enumerate(value) if isinstance(value, (tuple, list)) else [(None, value)]
         for i, item in items:
-            if isinstance(item, da.Array):
+            if _checks.is_dask_array(item):
                 yield (name if i is None else f"{name}[{i}]"), item
 
 
